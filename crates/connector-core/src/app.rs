@@ -1,0 +1,179 @@
+//! The binary side: `--version`, configuration errors as one line and exit code 78, logging,
+//! signals, the admin listener, and the connector's run.
+
+use crate::admin::AdminServer;
+use crate::config::{ConfigError, Env, ProcessEnv, Settings};
+use crate::dispatch::BoxError;
+use crate::engine::{DispatchOptions, Engine};
+use crate::headers::HeaderFamily;
+use std::future::Future;
+use std::process::ExitCode;
+
+/// The git revision this build came from (`unknown` outside a checkout).
+pub const REVISION: &str = env!("KEDA_CONNECTOR_REVISION");
+
+/// Exit code of a configuration error (`EX_CONFIG` from sysexits.h).
+pub const EXIT_CONFIG: u8 = 78;
+/// Exit code of an unexpected command-line argument (`EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit code of a runtime failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// A broker integration: its own configuration and how it runs on an [`Engine`].
+pub trait Connector: Sized + Send + 'static {
+    /// Binary name, e.g. `rabbitmq-http-connector`.
+    const NAME: &'static str;
+    /// Crate version.
+    const VERSION: &'static str;
+    /// Which request header names to send.
+    const HEADERS: HeaderFamily = HeaderFamily::Keda;
+
+    /// Reads the broker-specific variables (the common ones are already in `settings`).
+    fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError>;
+
+    /// How the dispatcher should schedule deliveries.
+    fn dispatch_options(&self) -> DispatchOptions;
+
+    /// Connects, dispatches, reconnects as needed; returns after shutdown has been handled.
+    fn run(self, engine: Engine) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// Reads all configuration for `C` from `env`.
+pub fn configure<C: Connector>(env: &dyn Env) -> Result<(Settings, C), ConfigError> {
+    let settings = Settings::from_env(env)?;
+    let connector = C::from_env(env, &settings)?;
+    Ok((settings, connector))
+}
+
+/// The whole `main` of a connector binary.
+pub fn main<C: Connector>() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    if let Some(arg) = args.next() {
+        #[allow(clippy::print_stdout)]
+        match arg.to_str() {
+            Some("--version" | "-V") => {
+                println!("{} {} (revision {REVISION})", C::NAME, C::VERSION);
+                return ExitCode::SUCCESS;
+            }
+            Some("--help" | "-h") => {
+                println!(
+                    "{} {}\n\nTakes no arguments: configuration is read from environment variables \
+                     (TOPIC, HTTP_ENDPOINT, MAX_RETRIES, CONTENT_TYPE, ...); see the README.\n\
+                     Options: --version, --help",
+                    C::NAME,
+                    C::VERSION
+                );
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                eprintln!(
+                    "{}: unexpected argument {:?}; configuration comes from the environment (try --help)",
+                    C::NAME,
+                    arg
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+
+    let (settings, connector) = match configure::<C>(&ProcessEnv) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{}: configuration error: {e}", C::NAME);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    crate::telemetry::init_logging(settings.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(run(connector, settings))
+}
+
+/// Runs a configured connector until shutdown; returns the process exit code.
+pub async fn run<C: Connector>(connector: C, settings: Settings) -> ExitCode {
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    let options = connector.dispatch_options();
+    let admin_addr = settings.admin.addr;
+    let engine = Engine::new(
+        settings,
+        C::HEADERS,
+        options,
+        &format!("{}/{}", C::NAME, C::VERSION),
+    );
+    spawn_signal_handler(engine.clone());
+
+    if let Some(addr) = admin_addr {
+        match AdminServer::bind(addr).await {
+            Ok(server) => {
+                tracing::info!(addr = %server.addr().unwrap_or(addr), "admin listener up");
+                tokio::spawn(server.serve(
+                    engine.metrics().clone(),
+                    engine.health().clone(),
+                    engine.shutdown().clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(addr = %addr, error = %e, "cannot listen on ADMIN_ADDR");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    }
+
+    let common = &engine.settings().common;
+    tracing::info!(
+        connector = C::NAME,
+        version = C::VERSION,
+        revision = REVISION,
+        topic = %common.topic,
+        response_topic = common.response_topic.as_deref().unwrap_or(""),
+        error_topic = common.error_topic.as_deref().unwrap_or(""),
+        attempts = engine.invoker().attempts(),
+        max_in_flight = options.max_in_flight,
+        "starting"
+    );
+    let result = connector.run(engine.clone()).await;
+    engine.shutdown().cancel();
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "connector failed");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.
+fn spawn_signal_handler(engine: Engine) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!(
+            drain_timeout = ?engine.settings().dispatch.drain_timeout,
+            "shutdown requested; draining in-flight messages"
+        );
+        engine.shutdown().cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::warn!("second signal; exiting without draining");
+        std::process::exit(130);
+    });
+}

@@ -1,0 +1,365 @@
+//! The dispatch loop: pull from a [`Source`], invoke, hand the outcome to a [`Publisher`], and
+//! only when that write is durable, settle the delivery.
+//!
+//! Invariants kept here so no connector has to:
+//! - never more than `max_in_flight` deliveries held, whatever the backlog;
+//! - deliveries of one lane run one at a time, in order, when ordering is on;
+//! - a delivery is acknowledged only after its response or error document was durably written
+//!   (or there was no destination to write to); if the write fails it is requeued;
+//! - on shutdown, stop pulling, let in-flight work finish within the drain budget, and leave
+//!   whatever did not finish unacknowledged, so the broker delivers it again.
+
+use crate::engine::Engine;
+use crate::error_doc::{ErrorDocument, Extras};
+use crate::headers::HeaderSet;
+use crate::invoker::Outcome;
+use bytes::Bytes;
+use http::HeaderMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+/// A boxed error from broker code.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An ordering lane: deliveries with the same lane are processed one at a time, in order.
+/// Connectors with named lanes (shards, message groups) hash the name; a collision only
+/// serialises two lanes together, it never reorders one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lane(pub u64);
+
+/// The broker-neutral part of a delivery.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    /// The payload, POSTed byte for byte.
+    pub payload: Bytes,
+    /// Inbound headers/attributes to forward as HTTP headers (text values only).
+    pub headers: Vec<(String, String)>,
+    /// The record key, where the broker has one.
+    pub key: Option<Bytes>,
+    /// The ordering lane, where the broker has one.
+    pub lane: Option<Lane>,
+}
+
+/// One message from a source, with the broker-specific context `M` its publisher needs and the
+/// handle `A` that settles it.
+#[derive(Debug)]
+pub struct Delivery<M, A> {
+    /// The message.
+    pub message: Message,
+    /// Broker-specific metadata (e.g. AMQP properties) for the publisher.
+    pub meta: M,
+    /// Settles the delivery.
+    pub ack: A,
+}
+
+/// Settles one delivery with the broker.
+pub trait Acknowledger: Send + 'static {
+    /// The outcome is durable: the broker may forget the message.
+    fn ack(self) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// The outcome could not be written: the broker should deliver the message again.
+    fn requeue(self) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// Where deliveries come from.
+pub trait Source: Send {
+    /// Broker-specific metadata carried to the publisher.
+    type Meta: Send + Sync + 'static;
+    /// The settle handle.
+    type Ack: Acknowledger;
+
+    /// The next delivery. `Ok(None)` means the source has ended (connection or channel lost,
+    /// consumer cancelled): the dispatcher drains and returns, and the connector may reconnect.
+    fn next(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<Delivery<Self::Meta, Self::Ack>>, BoxError>> + Send;
+
+    /// Stop the broker from sending more (e.g. `basic.cancel`). Called once, on shutdown.
+    fn stop(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Which destination an [`Outbound`] record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// `RESPONSE_TOPIC`: the 2xx response body.
+    Response,
+    /// `ERROR_TOPIC`: the error document.
+    Error,
+}
+
+/// A record to write to the response or error destination.
+#[derive(Debug)]
+pub struct Outbound<'a, M> {
+    /// Response or error.
+    pub destination: Destination,
+    /// The topic/queue/stream/list name (`RESPONSE_TOPIC` or `ERROR_TOPIC`).
+    pub topic: &'a str,
+    /// The response body or the error document.
+    pub body: Bytes,
+    /// The HTTP response headers (empty for error documents).
+    pub headers: &'a HeaderMap,
+    /// The source message.
+    pub message: &'a Message,
+    /// The source message's broker metadata.
+    pub meta: &'a M,
+}
+
+/// Writes responses and error documents.
+pub trait Publisher<M>: Send + Sync + 'static {
+    /// Writes `record`; resolves only once the broker has durably accepted it.
+    fn publish(&self, record: Outbound<'_, M>) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// How a dispatch run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchEnd {
+    /// Shutdown was requested; in-flight work has been drained.
+    Shutdown,
+    /// The source ended (e.g. connection lost); the connector may reconnect and dispatch again.
+    SourceEnded,
+}
+
+/// Delay before requeueing a delivery whose outcome could not be written, so that a broken
+/// destination does not become a hot redelivery loop.
+const REQUEUE_DELAY: Duration = Duration::from_secs(1);
+
+type Queued<M, A> = (Delivery<M, A>, OwnedSemaphorePermit);
+
+impl Engine {
+    /// Runs the loop until shutdown or until the source ends, then drains.
+    pub async fn dispatch<S, P>(&self, source: &mut S, publisher: &Arc<P>) -> DispatchEnd
+    where
+        S: Source,
+        P: Publisher<S::Meta>,
+    {
+        let permits = Arc::new(Semaphore::new(self.options().max_in_flight.max(1)));
+        let lanes: Arc<Mutex<HashMap<Lane, VecDeque<Queued<S::Meta, S::Ack>>>>> =
+            Arc::default();
+        let mut tasks = JoinSet::new();
+        let shutdown = self.shutdown().clone();
+        self.health().set_alive(true);
+
+        let end = loop {
+            while let Some(done) = tasks.try_join_next() {
+                log_task_end(done);
+            }
+            let permit = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break DispatchEnd::Shutdown,
+                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break DispatchEnd::Shutdown,
+                next = source.next() => next,
+            };
+            let delivery = match next {
+                Ok(Some(d)) => d,
+                Ok(None) => break DispatchEnd::SourceEnded,
+                Err(e) => {
+                    tracing::error!(error = %e, "source failed");
+                    break DispatchEnd::SourceEnded;
+                }
+            };
+            self.metrics().received.inc();
+            self.metrics().in_flight.inc();
+            let lane = delivery.message.lane.filter(|_| self.options().ordered);
+            let Some(lane) = lane else {
+                let (engine, publisher) = (self.clone(), publisher.clone());
+                tasks.spawn(async move {
+                    engine.handle(&*publisher, delivery).await;
+                    drop(permit);
+                });
+                continue;
+            };
+            {
+                let mut map = lanes.lock().expect("lane map lock");
+                if let Some(queue) = map.get_mut(&lane) {
+                    queue.push_back((delivery, permit));
+                    continue;
+                }
+                map.insert(lane, VecDeque::new());
+            }
+            let (engine, publisher, lanes) = (self.clone(), publisher.clone(), lanes.clone());
+            tasks.spawn(async move {
+                let mut current = Some((delivery, permit));
+                while let Some((delivery, permit)) = current.take() {
+                    engine.handle(&*publisher, delivery).await;
+                    drop(permit);
+                    let mut map = lanes.lock().expect("lane map lock");
+                    let queue = map.get_mut(&lane).expect("a running lane has an entry");
+                    if engine.shutdown().is_cancelled() {
+                        // Left unacknowledged: the broker redelivers them.
+                        let left = queue.len() as i64;
+                        engine.metrics().in_flight.dec_by(left);
+                        map.remove(&lane);
+                        break;
+                    }
+                    current = queue.pop_front();
+                    if current.is_none() {
+                        map.remove(&lane);
+                    }
+                }
+            });
+        };
+
+        if end == DispatchEnd::Shutdown {
+            source.stop().await;
+        }
+        let budget = self.settings().dispatch.drain_timeout;
+        let drained = tokio::time::timeout(budget, async {
+            while let Some(done) = tasks.join_next().await {
+                log_task_end(done);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                abandoned = tasks.len(),
+                drain_timeout = ?budget,
+                "drain budget exhausted; unfinished messages are left unacknowledged for redelivery"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            self.metrics().in_flight.set(0);
+        }
+        if end == DispatchEnd::Shutdown {
+            self.health().set_alive(false);
+        }
+        end
+    }
+
+    /// One delivery, start to settle.
+    async fn handle<M, A, P>(&self, publisher: &P, delivery: Delivery<M, A>)
+    where
+        A: Acknowledger,
+        P: Publisher<M>,
+    {
+        let Delivery { message, meta, ack } = delivery;
+        let headers = if message.headers.is_empty() {
+            Cow::Borrowed(self.default_headers())
+        } else {
+            let mut h: HeaderSet = self.default_headers().clone();
+            let skipped = h.merge(
+                message
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+            if skipped > 0 {
+                tracing::debug!(skipped, "inbound headers not valid in HTTP were not forwarded");
+            }
+            Cow::Owned(h)
+        };
+        let common = &self.settings().common;
+        let empty = HeaderMap::new();
+        let written = match self.invoker().invoke(&message.payload, &headers).await {
+            Outcome::Success(response) => {
+                self.metrics().succeeded.inc();
+                tracing::debug!(status = response.status.as_u16(), "function succeeded");
+                match &common.response_topic {
+                    Some(topic) => publisher
+                        .publish(Outbound {
+                            destination: Destination::Response,
+                            topic,
+                            body: response.body,
+                            headers: &response.headers,
+                            message: &message,
+                            meta: &meta,
+                        })
+                        .await
+                        .map_err(|e| (Destination::Response, e)),
+                    None => Ok(()),
+                }
+            }
+            Outcome::Failure(failure) => {
+                self.metrics().failed.inc();
+                let document = ErrorDocument {
+                    message: &message.payload,
+                    http_endpoint: &common.http_endpoint,
+                    headers: &headers,
+                    response_body: &failure.body,
+                    status: failure.status.map(|s| s.as_u16()),
+                    source_name: &common.source_name,
+                    extras: self.settings().http.error_doc_extras.then_some(Extras {
+                        attempts: failure.attempts,
+                        last_error: failure.last_error.as_deref(),
+                    }),
+                };
+                tracing::warn!(
+                    status = failure.status.map(|s| s.as_u16()),
+                    attempts = failure.attempts,
+                    error = failure.last_error.as_deref(),
+                    "function invocation failed"
+                );
+                let body = Bytes::from(document.encode());
+                match &common.error_topic {
+                    Some(topic) => publisher
+                        .publish(Outbound {
+                            destination: Destination::Error,
+                            topic,
+                            body,
+                            headers: &empty,
+                            message: &message,
+                            meta: &meta,
+                        })
+                        .await
+                        .map_err(|e| (Destination::Error, e)),
+                    None => {
+                        tracing::warn!("ERROR_TOPIC is not set; the error document is discarded");
+                        tracing::debug!(
+                            document = %String::from_utf8_lossy(&body),
+                            "discarded error document"
+                        );
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let settled = match written {
+            Ok(()) => ("ack", ack.ack().await),
+            Err((destination, e)) => {
+                let destination = match destination {
+                    Destination::Response => "response",
+                    Destination::Error => "error",
+                };
+                self.metrics()
+                    .publish_failures
+                    .get_or_create(&vec![("destination", destination)])
+                    .inc();
+                tracing::warn!(
+                    destination,
+                    error = %e,
+                    "writing the outcome failed; the message will be redelivered"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(REQUEUE_DELAY) => {}
+                    () = self.shutdown().cancelled() => {}
+                }
+                ("requeue", ack.requeue().await)
+            }
+        };
+        let (action, result) = settled;
+        let result_label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics()
+            .settled
+            .get_or_create(&vec![("action", action), ("result", result_label)])
+            .inc();
+        if let Err(e) = result {
+            tracing::warn!(action, error = %e, "settling the delivery failed; the broker will redeliver it");
+        }
+        self.metrics().in_flight.dec();
+    }
+}
+
+fn log_task_end(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            tracing::error!(error = %e, "a message task panicked; its message is left for redelivery");
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! One instrumentation vocabulary for every connector: JSON logs, Prometheus metrics, and the
+//! health state behind `/healthz` and `/readyz`.
+
+use crate::config::LogLevel;
+use prometheus_client::metrics::{
+    counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
+};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Installs the process-wide JSON logger on stderr (one object per line, like the original's
+/// zap logger). Broker client libraries are capped at `warn` unless the level is `trace`.
+pub fn init_logging(level: LogLevel) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let ours = match level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    };
+    let libraries = if level == LogLevel::Trace {
+        LevelFilter::TRACE
+    } else {
+        ours.min(LevelFilter::WARN)
+    };
+    let filter = Targets::new()
+        .with_default(ours)
+        .with_target("lapin", libraries)
+        .with_target("amq_protocol", libraries)
+        .with_target("hyper", libraries)
+        .with_target("hyper_util", libraries)
+        .with_target("rustls", libraries);
+    let fmt = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(std::io::stderr);
+    // A second call (tests running several connectors in one process) keeps the first logger.
+    let _ = tracing_subscriber::registry().with(fmt).with(filter).try_init();
+}
+
+/// Label set of a family metric.
+pub type Labels = Vec<(&'static str, &'static str)>;
+
+/// Every metric a connector exports, all under the `keda_connector_` prefix.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Messages taken from the broker.
+    pub received: Counter,
+    /// Messages whose final HTTP attempt returned 2xx.
+    pub succeeded: Counter,
+    /// Messages that ended in an error document.
+    pub failed: Counter,
+    /// HTTP attempts after the first one.
+    pub retries: Counter,
+    /// Messages held by the dispatcher right now.
+    pub in_flight: Gauge,
+    /// Duration of each HTTP attempt, by `class` (`2xx`…`5xx`, `error`).
+    pub http_duration: Family<Labels, Histogram>,
+    /// Failed writes to the response or error destination, by `destination`.
+    pub publish_failures: Family<Labels, Counter>,
+    /// Settlements by `action` (`ack`, `requeue`) and `result` (`ok`, `error`).
+    pub settled: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("keda_connector");
+        let received = Counter::default();
+        let succeeded = Counter::default();
+        let failed = Counter::default();
+        let retries = Counter::default();
+        let in_flight = Gauge::default();
+        let http_duration = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ])
+        });
+        let publish_failures = Family::<Labels, Counter>::default();
+        let settled = Family::<Labels, Counter>::default();
+        registry.register(
+            "messages_received",
+            "Messages taken from the broker",
+            received.clone(),
+        );
+        registry.register(
+            "messages_succeeded",
+            "Messages whose HTTP call ended in 2xx",
+            succeeded.clone(),
+        );
+        registry.register(
+            "messages_failed",
+            "Messages that ended in an error document",
+            failed.clone(),
+        );
+        registry.register(
+            "http_retries",
+            "HTTP attempts after the first one",
+            retries.clone(),
+        );
+        registry.register(
+            "messages_in_flight",
+            "Messages held by the dispatcher",
+            in_flight.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Duration of each HTTP attempt",
+            http_duration.clone(),
+        );
+        registry.register(
+            "publish_failures",
+            "Failed writes to the response or error destination",
+            publish_failures.clone(),
+        );
+        registry.register(
+            "messages_settled",
+            "Acknowledgements and requeues sent to the broker",
+            settled.clone(),
+        );
+        Self {
+            registry,
+            received,
+            succeeded,
+            failed,
+            retries,
+            in_flight,
+            http_duration,
+            publish_failures,
+            settled,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Liveness and readiness, shared between the dispatcher, the source and the admin server.
+#[derive(Debug, Default)]
+pub struct Health {
+    alive: AtomicBool,
+    ready: AtomicBool,
+}
+
+impl Health {
+    /// Marks the dispatch loop as running (or stopped).
+    pub fn set_alive(&self, alive: bool) {
+        self.alive.store(alive, Ordering::Relaxed);
+    }
+    /// Marks the source as connected and consuming (or not).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+    /// Whether the dispatch loop is running.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+    /// Whether the source is connected and consuming.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
