@@ -42,6 +42,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backoff;
 pub mod config;
 pub mod dispatch;
 pub mod engine;

@@ -1,1 +1,5 @@
-fn main() {}
+//! `rabbitmq-http-connector`: everything is in the library; see the README for configuration.
+
+fn main() -> std::process::ExitCode {
+    connector_core::app::main::<rabbitmq_http_connector::RabbitConnector>()
+}

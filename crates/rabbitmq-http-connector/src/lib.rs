@@ -1,0 +1,332 @@
+//! RabbitMQ glue for `connector-core`: a queue consumer as the [`Source`], publisher-confirmed
+//! writes to the default exchange as the [`Publisher`], and reconnection.
+//!
+//! Ack model: `basic.ack` per delivery after the outcome is confirmed by the broker; prefetch
+//! (`basic.qos`) = `CONCURRENT`, so unacknowledged deliveries never exceed it. Whatever is not
+//! acknowledged when the channel closes (shutdown, crash, lost connection) is requeued by the
+//! broker.
+
+mod config;
+
+pub use config::RabbitConfig;
+
+use connector_core::backoff::ReconnectBackoff;
+use connector_core::config::{ConfigError, Env, Settings};
+use connector_core::{
+    Acknowledger, BoxError, Connector, Delivery, DispatchEnd, DispatchOptions, Engine, Message,
+    Outbound, Publisher, Source,
+};
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use std::sync::Arc;
+
+/// The RabbitMQ connector.
+#[derive(Debug)]
+pub struct RabbitConnector {
+    config: RabbitConfig,
+}
+
+impl Connector for RabbitConnector {
+    const NAME: &'static str = env!("CARGO_PKG_NAME");
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            config: RabbitConfig::from_env(env, settings)?,
+        })
+    }
+
+    fn dispatch_options(&self) -> DispatchOptions {
+        DispatchOptions {
+            max_in_flight: usize::from(self.config.concurrent),
+            ordered: false,
+        }
+    }
+
+    async fn run(self, engine: Engine) -> Result<(), BoxError> {
+        let mut backoff = ReconnectBackoff::default();
+        loop {
+            let connected = tokio::select! {
+                s = Session::open(&self.config, &engine) => s,
+                () = engine.shutdown().cancelled() => return Ok(()),
+            };
+            let mut session = match connected {
+                Ok(s) => s,
+                Err(SessionError::Fatal(e)) => return Err(e),
+                Err(SessionError::Retry(e)) => {
+                    let delay = backoff.next_delay();
+                    tracing::error!(error = %e, retry_in = ?delay, "cannot consume from RabbitMQ");
+                    if !engine.sleep_unless_shutdown(delay).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            tracing::info!(queue = %self.config.queue, prefetch = self.config.concurrent, "consuming");
+            engine.health().set_ready(true);
+            let end = engine.dispatch(&mut session.source, &session.publisher).await;
+            engine.health().set_ready(false);
+            session.close().await;
+            match end {
+                DispatchEnd::Shutdown => return Ok(()),
+                DispatchEnd::SourceEnded => {
+                    tracing::warn!("RabbitMQ connection or channel lost; reconnecting")
+                }
+            }
+        }
+    }
+}
+
+enum SessionError {
+    /// Misconfiguration that waiting will not fix (a queue that does not exist).
+    Fatal(BoxError),
+    /// Anything else: retry with backoff.
+    Retry(BoxError),
+}
+
+impl From<lapin::Error> for SessionError {
+    fn from(e: lapin::Error) -> Self {
+        Self::Retry(Box::new(e))
+    }
+}
+
+/// One connection with its consuming and publishing channels.
+struct Session {
+    connection: Connection,
+    source: RabbitSource,
+    publisher: Arc<RabbitPublisher>,
+}
+
+impl Session {
+    async fn open(config: &RabbitConfig, engine: &Engine) -> Result<Self, SessionError> {
+        let properties = ConnectionProperties::default().with_connection_name(
+            format!("{} {}", RabbitConnector::NAME, config.queue).into(),
+        );
+        let connection = Connection::connect(&config.uri, properties).await?;
+        let common = &engine.settings().common;
+
+        // The original never declares queues; neither do we. But a queue that does not exist
+        // is reported at start rather than failing every message.
+        let mut wanted = vec![("TOPIC", common.topic.as_str())];
+        wanted.extend(common.response_topic.as_deref().map(|t| ("RESPONSE_TOPIC", t)));
+        wanted.extend(common.error_topic.as_deref().map(|t| ("ERROR_TOPIC", t)));
+        for (var, queue) in wanted {
+            // A failed passive declare closes its channel, so each check gets its own.
+            let probe = connection.create_channel().await?;
+            let declared = probe
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(_) => {
+                    let _ = probe.close(200, "ok".into()).await;
+                }
+                Err(e) if is_not_found(&e) => {
+                    let _ = connection.close(200, "bye".into()).await;
+                    return Err(SessionError::Fatal(
+                        format!("{var}: queue {queue:?} does not exist on the broker").into(),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        let consume = connection.create_channel().await?;
+        consume
+            .basic_qos(config.concurrent, BasicQosOptions::default())
+            .await?;
+        let publish = connection.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let consumer = consume
+            .basic_consume(
+                config.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            connection,
+            source: RabbitSource {
+                tag: consumer.tag(),
+                consumer,
+                channel: consume,
+            },
+            publisher: Arc::new(RabbitPublisher {
+                channel: publish,
+                content_type: common.content_type.as_str().into(),
+            }),
+        })
+    }
+
+    /// Closing the connection hands every unacknowledged delivery back to the queue.
+    async fn close(self) {
+        let _ = self.connection.close(200, "connector stopping".into()).await;
+    }
+}
+
+fn is_not_found(e: &lapin::Error) -> bool {
+    // 404 NOT_FOUND is the reply code of a passive declare of a missing queue.
+    e.to_string().contains("NOT_FOUND")
+}
+
+/// What the publisher copies from the source message onto responses and errors.
+#[derive(Debug, Default)]
+pub struct AmqpMeta {
+    correlation_id: Option<ShortString>,
+    message_id: Option<ShortString>,
+    reply_to: Option<ShortString>,
+}
+
+/// The queue consumer.
+struct RabbitSource {
+    consumer: Consumer,
+    channel: Channel,
+    tag: ShortString,
+}
+
+impl Source for RabbitSource {
+    type Meta = AmqpMeta;
+    type Ack = RabbitAck;
+
+    async fn next(&mut self) -> Result<Option<Delivery<AmqpMeta, RabbitAck>>, BoxError> {
+        let delivery = match self.consumer.next().await {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+                return Ok(None);
+            }
+            None => return Ok(None),
+        };
+        let props = &delivery.properties;
+        let headers = props
+            .headers()
+            .as_ref()
+            .map(|table| {
+                table
+                    .inner()
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.to_string(), text_value(v)?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let meta = AmqpMeta {
+            correlation_id: props.correlation_id().clone(),
+            message_id: props.message_id().clone(),
+            reply_to: props.reply_to().clone(),
+        };
+        Ok(Some(Delivery {
+            message: Message {
+                payload: delivery.data.into(),
+                headers,
+                key: None,
+                lane: None,
+            },
+            meta,
+            ack: RabbitAck(delivery.acker),
+        }))
+    }
+
+    async fn stop(&mut self) {
+        if let Err(e) = self
+            .channel
+            .basic_cancel(self.tag.clone(), BasicCancelOptions::default())
+            .await
+        {
+            tracing::debug!(error = %e, "basic.cancel failed");
+        }
+    }
+}
+
+/// AMQP header values that are text become HTTP headers; other types are not forwarded.
+fn text_value(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// Settles one delivery on the channel it came from.
+#[derive(Debug)]
+pub struct RabbitAck(lapin::Acker);
+
+impl Acknowledger for RabbitAck {
+    async fn ack(self) -> Result<(), BoxError> {
+        self.0.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    async fn requeue(self) -> Result<(), BoxError> {
+        self.0
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Publishes to the default exchange, routing key = queue name, and waits for the confirm.
+struct RabbitPublisher {
+    channel: Channel,
+    content_type: ShortString,
+}
+
+impl Publisher<AmqpMeta> for RabbitPublisher {
+    async fn publish(&self, record: Outbound<'_, AmqpMeta>) -> Result<(), BoxError> {
+        // content_type = CONTENT_TYPE as in the original (consumers may rely on it); persistent,
+        // and the source's correlation-id/message-id/reply-to so replies can be matched.
+        let mut props = BasicProperties::default()
+            .with_content_type(self.content_type.clone())
+            .with_delivery_mode(2);
+        if let Some(v) = &record.meta.correlation_id {
+            props = props.with_correlation_id(v.clone());
+        }
+        if let Some(v) = &record.meta.message_id {
+            props = props.with_message_id(v.clone());
+        }
+        if let Some(v) = &record.meta.reply_to {
+            props = props.with_reply_to(v.clone());
+        }
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                record.topic.into(),
+                // mandatory: an unroutable write comes back instead of vanishing.
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &record.body,
+                props,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Err(format!(
+                "the broker could not route the message to queue {:?}",
+                record.topic
+            )
+            .into()),
+            Confirmation::Nack(_) => Err("the broker refused the message (nack)".into()),
+        }
+    }
+}
