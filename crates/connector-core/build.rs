@@ -13,7 +13,10 @@ fn main() {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     });
-    if let Ok(out) = Command::new("git").args(["rev-parse", "--git-dir"]).output() {
+    if let Ok(out) = Command::new("git")
+        .args(["rev-parse", "--git-dir"])
+        .output()
+    {
         let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if out.status.success() && !dir.is_empty() {
             println!("cargo:rerun-if-changed={dir}/HEAD");

@@ -111,7 +111,8 @@ pub struct Outbound<'a, M> {
 /// Writes responses and error documents.
 pub trait Publisher<M>: Send + Sync + 'static {
     /// Writes `record`; resolves only once the broker has durably accepted it.
-    fn publish(&self, record: Outbound<'_, M>) -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn publish(&self, record: Outbound<'_, M>)
+    -> impl Future<Output = Result<(), BoxError>> + Send;
 }
 
 /// How a dispatch run ended.
@@ -137,8 +138,7 @@ impl Engine {
         P: Publisher<S::Meta>,
     {
         let permits = Arc::new(Semaphore::new(self.options().max_in_flight.max(1)));
-        let lanes: Arc<Mutex<HashMap<Lane, VecDeque<Queued<S::Meta, S::Ack>>>>> =
-            Arc::default();
+        let lanes: Arc<Mutex<HashMap<Lane, VecDeque<Queued<S::Meta, S::Ack>>>>> = Arc::default();
         let mut tasks = JoinSet::new();
         let shutdown = self.shutdown().clone();
         self.health().set_alive(true);
@@ -251,7 +251,10 @@ impl Engine {
                     .map(|(k, v)| (k.as_str(), v.as_str())),
             );
             if skipped > 0 {
-                tracing::debug!(skipped, "inbound headers not valid in HTTP were not forwarded");
+                tracing::debug!(
+                    skipped,
+                    "inbound headers not valid in HTTP were not forwarded"
+                );
             }
             Cow::Owned(h)
         };

@@ -56,8 +56,7 @@ impl HeaderSet {
     /// as the original stored broker headers. Returns `false`, changing nothing, when the name or
     /// value could not be sent over HTTP (control characters, illegal name characters).
     pub fn set(&mut self, key: &str, value: &str) -> bool {
-        if HeaderName::from_bytes(key.as_bytes()).is_err()
-            || HeaderValue::from_str(value).is_err()
+        if HeaderName::from_bytes(key.as_bytes()).is_err() || HeaderValue::from_str(value).is_err()
         {
             return false;
         }
@@ -78,10 +77,7 @@ impl HeaderSet {
     /// (case-insensitively); a repeated inbound name keeps its last value. Headers that cannot
     /// travel over HTTP are skipped; the count of skipped ones is returned.
     pub fn merge<'a>(&mut self, inbound: impl IntoIterator<Item = (&'a str, &'a str)>) -> usize {
-        inbound
-            .into_iter()
-            .filter(|(k, v)| !self.set(k, v))
-            .count()
+        inbound.into_iter().filter(|(k, v)| !self.set(k, v)).count()
     }
 
     /// Entries sorted by key bytes, as Go's JSON encoder orders map keys.
@@ -199,7 +195,13 @@ mod tests {
         assert_eq!(h.get("KEDA-Topic"), Some("rec-topic"));
         assert_eq!(h.get("Content-Type"), Some("text/csv"));
         let sorted = h.sorted();
-        assert_eq!(sorted.iter().filter(|(k, _)| k.eq_ignore_ascii_case("keda-topic")).count(), 1);
+        assert_eq!(
+            sorted
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("keda-topic"))
+                .count(),
+            1
+        );
         assert!(sorted.contains(&("X-Multi", &["b".to_owned()][..])));
         let wire = h.to_header_map();
         assert_eq!(wire.get_all("keda-topic").iter().count(), 1);

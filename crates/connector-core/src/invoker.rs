@@ -236,6 +236,8 @@ impl Invoker {
         h.clone_from(headers);
         h.insert(header::USER_AGENT, self.user_agent.clone());
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        // hyper omits `Content-Length: 0` on an empty POST; Go sent it and some servers insist.
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(payload.len()));
         if let Some(signer) = &self.signer {
             let (ts, sig) = signer.header_values("POST", &self.request_uri, payload);
             h.insert(TIMESTAMP_HEADER, ts);
@@ -350,7 +352,10 @@ mod tests {
             HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
         );
         let d = retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
         h.insert(
             header::RETRY_AFTER,
             HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"),

@@ -51,6 +51,8 @@ pub mod headers;
 pub mod invoker;
 pub mod signing;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use app::{Connector, REVISION};
 pub use config::{ConfigError, Env, Settings};

@@ -39,7 +39,10 @@ pub fn init_logging(level: LogLevel) {
         .with_span_list(false)
         .with_writer(std::io::stderr);
     // A second call (tests running several connectors in one process) keeps the first logger.
-    let _ = tracing_subscriber::registry().with(fmt).with(filter).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(filter)
+        .try_init();
 }
 
 /// Label set of a family metric.

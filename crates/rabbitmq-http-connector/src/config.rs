@@ -35,7 +35,8 @@ impl RabbitConfig {
             ));
         }
         let uri = vars.required("HOST")?.trim().to_owned();
-        const EXPECTED: &str = "an AMQP URI such as amqp://user:password@host:5672/vhost (amqp:// or amqps://)";
+        const EXPECTED: &str =
+            "an AMQP URI such as amqp://user:password@host:5672/vhost (amqp:// or amqps://)";
         if !(uri.starts_with("amqp://") || uri.starts_with("amqps://")) {
             return Err(ConfigError::invalid_secret("HOST", EXPECTED));
         }
@@ -74,7 +75,10 @@ mod tests {
         assert!(!format!("{c:?}").contains("guest"));
         assert_eq!(parse(&[("CONCURRENT", " 3 ")]).unwrap().concurrent, 3);
         for bad in ["0", "-1", "ten", "70000"] {
-            assert_eq!(parse(&[("CONCURRENT", bad)]).unwrap_err().var(), "CONCURRENT");
+            assert_eq!(
+                parse(&[("CONCURRENT", bad)]).unwrap_err().var(),
+                "CONCURRENT"
+            );
         }
         assert_eq!(
             parse(&[("INCLUDE_UNACKED", "true")]).unwrap_err().var(),
@@ -83,6 +87,9 @@ mod tests {
         let e = parse(&[("HOST", "http://guest:s3cret@h/")]).unwrap_err();
         assert_eq!(e.var(), "HOST");
         assert!(!e.to_string().contains("s3cret"));
-        assert_eq!(parse(&[("HOST", "")]).unwrap_err().to_string(), "environment variable not found: HOST");
+        assert_eq!(
+            parse(&[("HOST", "")]).unwrap_err().to_string(),
+            "environment variable not found: HOST"
+        );
     }
 }

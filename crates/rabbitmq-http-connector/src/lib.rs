@@ -70,7 +70,9 @@ impl Connector for RabbitConnector {
             backoff.reset();
             tracing::info!(queue = %self.config.queue, prefetch = self.config.concurrent, "consuming");
             engine.health().set_ready(true);
-            let end = engine.dispatch(&mut session.source, &session.publisher).await;
+            let end = engine
+                .dispatch(&mut session.source, &session.publisher)
+                .await;
             engine.health().set_ready(false);
             session.close().await;
             match end {
@@ -105,16 +107,20 @@ struct Session {
 
 impl Session {
     async fn open(config: &RabbitConfig, engine: &Engine) -> Result<Self, SessionError> {
-        let properties = ConnectionProperties::default().with_connection_name(
-            format!("{} {}", RabbitConnector::NAME, config.queue).into(),
-        );
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("{} {}", RabbitConnector::NAME, config.queue).into());
         let connection = Connection::connect(&config.uri, properties).await?;
         let common = &engine.settings().common;
 
         // The original never declares queues; neither do we. But a queue that does not exist
         // is reported at start rather than failing every message.
         let mut wanted = vec![("TOPIC", common.topic.as_str())];
-        wanted.extend(common.response_topic.as_deref().map(|t| ("RESPONSE_TOPIC", t)));
+        wanted.extend(
+            common
+                .response_topic
+                .as_deref()
+                .map(|t| ("RESPONSE_TOPIC", t)),
+        );
         wanted.extend(common.error_topic.as_deref().map(|t| ("ERROR_TOPIC", t)));
         for (var, queue) in wanted {
             // A failed passive declare closes its channel, so each check gets its own.
@@ -175,7 +181,10 @@ impl Session {
 
     /// Closing the connection hands every unacknowledged delivery back to the queue.
     async fn close(self) {
-        let _ = self.connection.close(200, "connector stopping".into()).await;
+        let _ = self
+            .connection
+            .close(200, "connector stopping".into())
+            .await;
     }
 }
 

@@ -251,11 +251,7 @@ impl Settings {
                 None => Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
                 Some(v) if v.eq_ignore_ascii_case("off") => None,
                 Some(v) => Some(v.parse().map_err(|_| {
-                    ConfigError::invalid(
-                        "ADMIN_ADDR",
-                        "host:port such as 0.0.0.0:8080, or off",
-                        &v,
-                    )
+                    ConfigError::invalid("ADMIN_ADDR", "host:port such as 0.0.0.0:8080, or off", &v)
                 })?),
             },
         };
@@ -338,11 +334,17 @@ mod tests {
         let e = Settings::from_env(&Vec::<(&str, &str)>::new()).unwrap_err();
         assert_eq!(e.to_string(), "environment variable not found: TOPIC");
         let e = Settings::from_env(&[("TOPIC", "t"), ("HTTP_ENDPOINT", "")]).unwrap_err();
-        assert_eq!(e.to_string(), "environment variable not found: HTTP_ENDPOINT");
+        assert_eq!(
+            e.to_string(),
+            "environment variable not found: HTTP_ENDPOINT"
+        );
         let mut v = base();
         v.retain(|(k, _)| *k != "CONTENT_TYPE");
         let e = Settings::from_env(&v).unwrap_err();
-        assert_eq!(e.to_string(), "environment variable not found: CONTENT_TYPE");
+        assert_eq!(
+            e.to_string(),
+            "environment variable not found: CONTENT_TYPE"
+        );
     }
 
     #[test]
@@ -403,8 +405,8 @@ mod tests {
 
     #[test]
     fn secret_is_not_debug_printed() {
-        let s = Settings::from_env(&with(&[("FISSION_INTERNAL_AUTH_SECRET", "s3cr3t-value")]))
-            .unwrap();
+        let s =
+            Settings::from_env(&with(&[("FISSION_INTERNAL_AUTH_SECRET", "s3cr3t-value")])).unwrap();
         assert!(!format!("{s:?}").contains("s3cr3t-value"));
         assert_eq!(s.http.auth_secret.unwrap().expose(), "s3cr3t-value");
     }

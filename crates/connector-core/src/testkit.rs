@@ -1,0 +1,458 @@
+//! An in-process HTTP sink that records every request and answers as a test tells it to.
+//! Enabled by the `testkit` feature; used by every connector's integration tests and by the
+//! benchmarks. Waiting is event-driven (`wait_for_requests`), never a sleep.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+/// One request as the sink received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Request path and query.
+    pub path: String,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Request body.
+    pub body: Bytes,
+    /// Which TCP connection carried it (numbered from 0 in accept order).
+    pub connection: usize,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// What the sink answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Extra response headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+    /// Time to wait before answering.
+    pub delay: Duration,
+}
+
+impl Reply {
+    /// `status` with an empty body.
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            delay: Duration::ZERO,
+        }
+    }
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+    /// Adds a header.
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.to_owned(), v.to_owned()));
+        self
+    }
+    /// Answers after `delay`.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+type Behaviour = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+struct State {
+    requests: Mutex<Vec<Recorded>>,
+    behaviour: Mutex<Behaviour>,
+    arrived: Notify,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    connections: AtomicUsize,
+    gate: watch::Sender<bool>,
+}
+
+/// The sink. Dropping it does not stop the server task; it lives as long as the runtime.
+#[derive(Clone)]
+pub struct Sink {
+    addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink").field("addr", &self.addr).finish()
+    }
+}
+
+impl Sink {
+    /// Starts a sink on `127.0.0.1:0` answering `200` with the request body echoed.
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().expect("literal address")).await
+    }
+
+    /// Starts a sink on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("test sink cannot listen on {addr}: {e}"));
+        let addr = listener.local_addr().expect("bound address");
+        let state = Arc::new(State {
+            requests: Mutex::default(),
+            behaviour: Mutex::new(Arc::new(|r: &Recorded| {
+                Reply::status(200).body(r.body.clone())
+            })),
+            arrived: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            gate: watch::channel(true).0,
+        });
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let connection = st.connections.fetch_add(1, Ordering::SeqCst);
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(handle(st, connection, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state }
+    }
+
+    /// The listen address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Replaces the answer for requests arriving from now on.
+    pub fn respond(&self, f: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) {
+        *self.state.behaviour.lock().expect("lock") = Arc::new(f);
+    }
+
+    /// While closed, requests are received and recorded but not answered.
+    pub fn set_gate(&self, open: bool) {
+        self.state.gate.send_replace(open);
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+
+    /// How many requests so far.
+    pub fn count(&self) -> usize {
+        self.state.requests.lock().expect("lock").len()
+    }
+
+    /// The most requests that were being answered at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Requests being answered right now.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` requests have arrived; panics with the count after `limit`.
+    pub async fn wait_for_requests(&self, n: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.state.arrived.notified();
+            if self.count() >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "sink: waited {limit:?} for {n} requests, got {}",
+                    self.count()
+                );
+            }
+        }
+    }
+
+    /// Waits until `n` requests are being held at the same time (with the gate closed).
+    pub async fn wait_for_in_flight(&self, n: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.state.arrived.notified();
+            if self.in_flight() >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "sink: waited {limit:?} for {n} concurrent requests, have {}",
+                    self.in_flight()
+                );
+            }
+        }
+    }
+}
+
+async fn handle(
+    st: Arc<State>,
+    connection: usize,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let recorded = Recorded {
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
+        headers: parts.headers,
+        body,
+        connection,
+        at: Instant::now(),
+    };
+    let reply = (st.behaviour.lock().expect("lock").clone())(&recorded);
+    let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    st.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    st.requests.lock().expect("lock").push(recorded);
+    st.arrived.notify_waiters();
+    let mut gate = st.gate.subscribe();
+    let _ = gate.wait_for(|open| *open).await;
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    st.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let mut response = Response::new(Full::new(reply.body));
+    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    for (k, v) in reply.headers {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            response.headers_mut().append(k, v);
+        }
+    }
+    response
+}
+
+/// What happened to deliveries of a [`MemorySource`], in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A record was written by the [`MemoryPublisher`].
+    Published {
+        /// The source delivery's id (its position in the order sent).
+        id: usize,
+        /// Response or error.
+        destination: crate::Destination,
+        /// The destination name.
+        topic: String,
+        /// The body written.
+        body: Bytes,
+        /// The headers written (response headers for responses).
+        headers: Vec<(String, String)>,
+    },
+    /// A delivery was acknowledged.
+    Acked(usize),
+    /// A delivery was requeued.
+    Requeued(usize),
+}
+
+/// The ordered record of [`Event`]s, with waiting.
+#[derive(Debug, Default)]
+pub struct EventLog {
+    events: Mutex<Vec<Event>>,
+    changed: Notify,
+}
+
+impl EventLog {
+    fn push(&self, e: Event) {
+        self.events.lock().expect("lock").push(e);
+        self.changed.notify_waiters();
+    }
+    /// Every event so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().expect("lock").clone()
+    }
+    /// Ids acknowledged so far, in order.
+    pub fn acked(&self) -> Vec<usize> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Acked(id) => Some(id),
+                _ => None,
+            })
+            .collect()
+    }
+    /// Waits until `n` deliveries are settled (acked or requeued); panics after `limit`.
+    pub async fn wait_for_settled(&self, n: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            let settled = self
+                .events()
+                .iter()
+                .filter(|e| matches!(e, Event::Acked(_) | Event::Requeued(_)))
+                .count();
+            if settled >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("waited {limit:?} for {n} settled deliveries, got {settled}");
+            }
+        }
+    }
+}
+
+/// A [`Source`](crate::Source) fed through a channel; delivery ids count from 0.
+#[derive(Debug)]
+pub struct MemorySource {
+    rx: tokio::sync::mpsc::UnboundedReceiver<crate::Message>,
+    log: Arc<EventLog>,
+    next_id: usize,
+    /// How many deliveries the dispatcher has taken.
+    pub taken: Arc<AtomicUsize>,
+}
+
+/// Feeds a [`MemorySource`]. Dropping every sender ends the source.
+pub type MemoryFeed = tokio::sync::mpsc::UnboundedSender<crate::Message>;
+
+impl MemorySource {
+    /// A source, its feed, and the log shared with [`MemoryPublisher::new`].
+    pub fn new() -> (Self, MemoryFeed, Arc<EventLog>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let log = Arc::new(EventLog::default());
+        (
+            Self {
+                rx,
+                log: log.clone(),
+                next_id: 0,
+                taken: Arc::default(),
+            },
+            tx,
+            log,
+        )
+    }
+}
+
+/// Settles into the [`EventLog`].
+#[derive(Debug)]
+pub struct MemoryAck {
+    id: usize,
+    log: Arc<EventLog>,
+}
+
+impl crate::Acknowledger for MemoryAck {
+    async fn ack(self) -> Result<(), crate::BoxError> {
+        self.log.push(Event::Acked(self.id));
+        Ok(())
+    }
+    async fn requeue(self) -> Result<(), crate::BoxError> {
+        self.log.push(Event::Requeued(self.id));
+        Ok(())
+    }
+}
+
+impl crate::Source for MemorySource {
+    type Meta = usize;
+    type Ack = MemoryAck;
+
+    async fn next(&mut self) -> Result<Option<crate::Delivery<usize, MemoryAck>>, crate::BoxError> {
+        let Some(message) = self.rx.recv().await else {
+            return Ok(None);
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.taken.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(crate::Delivery {
+            message,
+            meta: id,
+            ack: MemoryAck {
+                id,
+                log: self.log.clone(),
+            },
+        }))
+    }
+
+    async fn stop(&mut self) {
+        self.rx.close();
+    }
+}
+
+/// A [`Publisher`](crate::Publisher) writing into the [`EventLog`]; can be told to fail.
+#[derive(Debug)]
+pub struct MemoryPublisher {
+    log: Arc<EventLog>,
+    /// While `true`, every publish fails.
+    pub fail: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryPublisher {
+    /// A publisher logging into `log`.
+    pub fn new(log: Arc<EventLog>) -> Self {
+        Self {
+            log,
+            fail: Default::default(),
+        }
+    }
+}
+
+impl crate::Publisher<usize> for MemoryPublisher {
+    async fn publish(&self, record: crate::Outbound<'_, usize>) -> Result<(), crate::BoxError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err("publisher told to fail".into());
+        }
+        self.log.push(Event::Published {
+            id: *record.meta,
+            destination: record.destination,
+            topic: record.topic.to_owned(),
+            body: record.body,
+            headers: record
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+        });
+        Ok(())
+    }
+}
+
+/// Parses settings from pairs, panicking with the error: for tests.
+pub fn settings(pairs: &[(&str, &str)]) -> crate::Settings {
+    crate::Settings::from_env(&pairs.to_vec()).unwrap_or_else(|e| panic!("test settings: {e}"))
+}

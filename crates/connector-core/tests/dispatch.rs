@@ -1,0 +1,313 @@
+//! Dispatcher behaviour with an in-memory source and publisher and a real HTTP sink.
+
+use bytes::Bytes;
+use connector_core::testkit::{Event, MemoryPublisher, MemorySource, Reply, Sink, settings};
+use connector_core::{
+    Destination, DispatchEnd, DispatchOptions, Engine, HeaderFamily, Lane, Message,
+};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn engine(sink: &Sink, options: DispatchOptions, extra: &[(&str, &str)]) -> Engine {
+    let url = sink.url("/fn");
+    let mut env = vec![
+        ("TOPIC", "in"),
+        ("HTTP_ENDPOINT", url.as_str()),
+        ("MAX_RETRIES", "0"),
+        ("CONTENT_TYPE", "text/plain"),
+        ("RESPONSE_TOPIC", "out"),
+        ("ERROR_TOPIC", "err"),
+        ("RETRY_BACKOFF_BASE", "0"),
+    ];
+    env.extend_from_slice(extra);
+    Engine::new(settings(&env), HeaderFamily::Keda, options, "dispatch-test")
+}
+
+fn msg(body: &str, lane: Option<u64>) -> Message {
+    Message {
+        payload: Bytes::from(body.to_owned()),
+        lane: lane.map(Lane),
+        ..Default::default()
+    }
+}
+
+fn unordered(n: usize) -> DispatchOptions {
+    DispatchOptions {
+        max_in_flight: n,
+        ordered: false,
+    }
+}
+
+#[tokio::test]
+async fn never_holds_more_than_max_in_flight() {
+    let sink = Sink::start().await;
+    sink.set_gate(false);
+    let engine = engine(&sink, unordered(3), &[]);
+    let (mut source, feed, log) = MemorySource::new();
+    let taken = source.taken.clone();
+    for i in 0..20 {
+        feed.send(msg(&i.to_string(), None)).unwrap();
+    }
+    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
+    let e = engine.clone();
+    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
+    sink.wait_for_in_flight(3, WAIT).await;
+    // Held, not answered: the dispatcher must not have taken a fourth delivery.
+    assert_eq!(taken.load(Ordering::SeqCst), 3);
+    assert_eq!(engine.metrics().in_flight.get(), 3);
+    sink.set_gate(true);
+    log.wait_for_settled(20, WAIT).await;
+    assert_eq!(sink.max_in_flight(), 3);
+    let mut acked = log.acked();
+    acked.sort();
+    assert_eq!(acked, (0..20).collect::<Vec<_>>());
+    engine.shutdown().cancel();
+    assert_eq!(run.await.unwrap(), DispatchEnd::Shutdown);
+    assert_eq!(engine.metrics().in_flight.get(), 0);
+}
+
+#[tokio::test]
+async fn lanes_run_in_order_and_in_parallel() {
+    let sink = Sink::start().await;
+    sink.respond(|_| Reply::status(200).delay(Duration::from_millis(5)));
+    let engine = engine(
+        &sink,
+        DispatchOptions {
+            max_in_flight: 16,
+            ordered: true,
+        },
+        &[],
+    );
+    let (mut source, feed, log) = MemorySource::new();
+    for i in 0..10 {
+        for lane in 0..4u64 {
+            feed.send(msg(&format!("{lane}:{i}"), Some(lane))).unwrap();
+        }
+    }
+    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
+    let e = engine.clone();
+    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
+    log.wait_for_settled(40, WAIT).await;
+    engine.shutdown().cancel();
+    run.await.unwrap();
+    let bodies: Vec<String> = sink
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8(r.body.to_vec()).unwrap())
+        .collect();
+    for lane in 0..4 {
+        let seq: Vec<&String> = bodies
+            .iter()
+            .filter(|b| b.starts_with(&format!("{lane}:")))
+            .collect();
+        let want: Vec<String> = (0..10).map(|i| format!("{lane}:{i}")).collect();
+        assert_eq!(seq, want.iter().collect::<Vec<_>>(), "lane {lane} in order");
+    }
+    assert!(sink.max_in_flight() > 1, "lanes ran in parallel");
+    assert!(sink.max_in_flight() <= 4, "one at a time per lane");
+}
+
+#[tokio::test]
+async fn success_publishes_response_then_acks() {
+    let sink = Sink::start().await;
+    sink.respond(|_| Reply::status(200).header("X-Resp", "yes").body("answer"));
+    let engine = engine(&sink, unordered(4), &[]);
+    let (mut source, feed, log) = MemorySource::new();
+    feed.send(msg("q", None)).unwrap();
+    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
+    let e = engine.clone();
+    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
+    log.wait_for_settled(1, WAIT).await;
+    engine.shutdown().cancel();
+    run.await.unwrap();
+    let events = log.events();
+    let Event::Published {
+        destination,
+        topic,
+        body,
+        headers,
+        ..
+    } = &events[0]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        (*destination, topic.as_str(), body.as_ref()),
+        (Destination::Response, "out", &b"answer"[..])
+    );
+    assert!(headers.contains(&("x-resp".to_owned(), "yes".to_owned())));
+    assert_eq!(events[1], Event::Acked(0));
+    assert_eq!(engine.metrics().succeeded.get(), 1);
+}
+
+#[tokio::test]
+async fn failure_writes_error_document_then_acks() {
+    let sink = Sink::start().await;
+    sink.respond(|_| Reply::status(400).body("bad"));
+    let engine = engine(&sink, unordered(4), &[]);
+    let (mut source, feed, log) = MemorySource::new();
+    feed.send(msg("poison", None)).unwrap();
+    feed.send(msg("fine", None)).unwrap();
+    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
+    let e = engine.clone();
+    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
+    log.wait_for_settled(2, WAIT).await;
+    engine.shutdown().cancel();
+    run.await.unwrap();
+    let events = log.events();
+    let errors: Vec<serde_json::Value> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Published {
+                destination: Destination::Error,
+                topic,
+                body,
+                ..
+            } => {
+                assert_eq!(topic, "err");
+                Some(serde_json::from_slice(body).unwrap())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 2, "one error document per failed message");
+    assert_eq!(errors[0]["FunctionHTTPResponse"]["StatusCode"], 400);
+    assert_eq!(errors[0]["FunctionHTTPResponse"]["ResponseBody"], "bad");
+    let mut acked = log.acked();
+    acked.sort();
+    assert_eq!(
+        acked,
+        vec![0, 1],
+        "the loop goes on and acks after the error write"
+    );
+    for id in [0, 1] {
+        let published = events
+            .iter()
+            .position(|e| matches!(e, Event::Published { id: i, .. } if *i == id))
+            .unwrap();
+        let ack = events.iter().position(|e| *e == Event::Acked(id)).unwrap();
+        assert!(published < ack, "error document is written before the ack");
+    }
+}
+
+#[tokio::test]
+async fn publish_failure_requeues_instead_of_acking() {
+    let sink = Sink::start().await;
+    let engine = engine(&sink, unordered(4), &[]);
+    let (mut source, feed, log) = MemorySource::new();
+    feed.send(msg("m", None)).unwrap();
+    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
+    publisher.fail.store(true, Ordering::SeqCst);
+    let e = engine.clone();
+    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
+    log.wait_for_settled(1, WAIT).await;
+    engine.shutdown().cancel();
+    run.await.unwrap();
+    assert_eq!(log.events(), vec![Event::Requeued(0)]);
+}
+
+#[tokio::test]
+async fn no_destinations_means_ack_without_publish() {
+    let sink = Sink::start().await;
+    sink.respond(|r| {
+        if r.body == "bad" {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let url = sink.url("/");
+    let engine = Engine::new(
+        settings(&[
+            ("TOPIC", "in"),
+            ("HTTP_ENDPOINT", &url),
+            ("MAX_RETRIES", "0"),
+            ("CONTENT_TYPE", "text/plain"),
+        ]),
+        HeaderFamily::Keda,
+        unordered(2),
+        "t",
+    );
+    let (mut source, feed, log) = MemorySource::new();
+    feed.send(msg("ok", None)).unwrap();
+    feed.send(msg("bad", None)).unwrap();
+    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
+    let e = engine.clone();
+    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
+    log.wait_for_settled(2, WAIT).await;
+    engine.shutdown().cancel();
+    run.await.unwrap();
+    let mut events = log.events();
+    events.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(events, vec![Event::Acked(0), Event::Acked(1)]);
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_and_takes_nothing_new() {
+    let sink = Sink::start().await;
+    sink.set_gate(false);
+    let engine = engine(&sink, unordered(2), &[("DRAIN_TIMEOUT", "10s")]);
+    let (mut source, feed, log) = MemorySource::new();
+    let taken = source.taken.clone();
+    for i in 0..5 {
+        feed.send(msg(&i.to_string(), None)).unwrap();
+    }
+    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
+    let e = engine.clone();
+    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
+    sink.wait_for_in_flight(2, WAIT).await;
+    engine.shutdown().cancel();
+    // Let the held requests finish: the drain must wait for them and ack them.
+    sink.set_gate(true);
+    assert_eq!(run.await.unwrap(), DispatchEnd::Shutdown);
+    let mut acked = log.acked();
+    acked.sort();
+    assert_eq!(acked, vec![0, 1]);
+    assert_eq!(
+        taken.load(Ordering::SeqCst),
+        2,
+        "nothing new taken after shutdown"
+    );
+    assert_eq!(sink.count(), 2);
+}
+
+#[tokio::test]
+async fn drain_budget_leaves_unfinished_work_unacknowledged() {
+    let sink = Sink::start().await;
+    sink.set_gate(false);
+    let engine = engine(&sink, unordered(2), &[("DRAIN_TIMEOUT", "200ms")]);
+    let (mut source, feed, log) = MemorySource::new();
+    for i in 0..2 {
+        feed.send(msg(&i.to_string(), None)).unwrap();
+    }
+    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
+    let e = engine.clone();
+    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
+    sink.wait_for_in_flight(2, WAIT).await;
+    engine.shutdown().cancel();
+    assert_eq!(run.await.unwrap(), DispatchEnd::Shutdown);
+    assert!(log.events().is_empty(), "nothing acked: {:?}", log.events());
+    assert_eq!(engine.metrics().in_flight.get(), 0);
+}
+
+#[tokio::test]
+async fn source_end_returns_for_reconnect() {
+    let sink = Sink::start().await;
+    let engine = engine(&sink, unordered(2), &[]);
+    let (mut source, feed, log) = MemorySource::new();
+    feed.send(msg("last", None)).unwrap();
+    drop(feed);
+    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
+    assert_eq!(
+        engine.dispatch(&mut source, &publisher).await,
+        DispatchEnd::SourceEnded
+    );
+    assert_eq!(
+        log.acked(),
+        vec![0],
+        "in-flight work finished before returning"
+    );
+}
