@@ -1,0 +1,569 @@
+//! Integration tests against the real RabbitMQ broker (127.0.0.1:5672, guest/guest, or
+//! `AMQP_URL`), with the connector running as a separate process.
+//! Start the broker with `rabbitmq-server -detached` if these fail to connect.
+
+use connector_core::testkit::{Reply, Sink};
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::collections::{BTreeMap, HashMap};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+const WAIT: Duration = Duration::from_secs(60);
+const BIN: &str = env!("CARGO_BIN_EXE_rabbitmq-http-connector");
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+async fn broker() -> Channel {
+    let url = amqp_url();
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "RabbitMQ is not reachable at {url}: {e}. Start it with `rabbitmq-server -detached` \
+                 (or set AMQP_URL)."
+            )
+        });
+    // The connection lives as long as the test process.
+    let channel = conn.create_channel().await.unwrap();
+    std::mem::forget(conn);
+    channel
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+/// Source, response and error queues, deleted on drop.
+struct Queues {
+    ch: Channel,
+    source: String,
+    response: String,
+    error: String,
+}
+
+impl Queues {
+    async fn new(ch: &Channel) -> Self {
+        let q = Self {
+            ch: ch.clone(),
+            source: unique("src"),
+            response: unique("resp"),
+            error: unique("err"),
+        };
+        for name in [&q.source, &q.response, &q.error] {
+            ch.queue_declare(name.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
+                .await
+                .unwrap();
+        }
+        q
+    }
+
+    /// Messages ready in `queue` (not counting unacknowledged ones).
+    async fn ready(&self, queue: &str) -> u32 {
+        self.ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    async fn publish(&self, body: &[u8], props: BasicProperties) {
+        self.ch
+            .basic_publish("".into(), self.source.as_str().into(), BasicPublishOptions::default(), body, props)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// Consumes `n` messages from `queue` (auto-ack); panics after `limit`.
+    async fn take(&self, queue: &str, n: usize, limit: Duration) -> Vec<lapin::message::Delivery> {
+        let mut consumer = self
+            .ch
+            .basic_consume(
+                queue.into(),
+                unique("test-consumer").as_str().into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        while got.len() < n {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(Ok(d))) => got.push(d),
+                Ok(other) => panic!("consumer ended: {other:?}"),
+                Err(_) => panic!("waited {limit:?} for {n} messages on {queue}, got {}", got.len()),
+            }
+        }
+        self.ch
+            .basic_cancel(consumer.tag(), Default::default())
+            .await
+            .unwrap();
+        got
+    }
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        let ch = self.ch.clone();
+        let names = [self.source.clone(), self.response.clone(), self.error.clone()];
+        tokio::spawn(async move {
+            for n in names {
+                let _ = ch.queue_delete(n.as_str().into(), QueueDeleteOptions::default()).await;
+            }
+        });
+    }
+}
+
+/// The connector binary as a child process, with its log lines captured.
+struct Proc {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    logged: Arc<Notify>,
+}
+
+impl Proc {
+    fn start(env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .env("ADMIN_ADDR", "off")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("start the connector binary");
+        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+        let logged = Arc::new(Notify::new());
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (l, n) = (logs.clone(), logged.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                l.lock().unwrap().push(line);
+                n.notify_waiters();
+            }
+        });
+        Self { child, logs, logged }
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Waits for the `times`-th log line containing `needle`.
+    async fn wait_log(&self, needle: &str, times: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.logged.notified();
+            let seen = self.logs.lock().unwrap().iter().filter(|l| l.contains(needle)).count();
+            if seen >= times {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("no log line {needle:?} (x{times}); logs:\n{}", self.logs());
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    async fn wait_exit(&mut self) -> ExitStatus {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("connector did not exit; logs:\n{}", self.logs()))
+            .unwrap()
+    }
+
+    /// SIGTERM, and require a clean exit.
+    async fn stop(&mut self) {
+        self.signal("-TERM");
+        let status = self.wait_exit().await;
+        assert_eq!(status.code(), Some(0), "exit after SIGTERM; logs:\n{}", self.logs());
+    }
+}
+
+fn env(q: &Queues, sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut v: Vec<(&'static str, String)> = vec![
+        ("HOST", amqp_url()),
+        ("TOPIC", q.source.clone()),
+        ("RESPONSE_TOPIC", q.response.clone()),
+        ("ERROR_TOPIC", q.error.clone()),
+        ("HTTP_ENDPOINT", sink.url("/fission-function/fn")),
+        ("MAX_RETRIES", "1".into()),
+        ("CONTENT_TYPE", "application/json".into()),
+        ("SOURCE_NAME", "it-trigger".into()),
+        ("RETRY_BACKOFF_BASE", "10ms".into()),
+    ];
+    for (k, val) in extra {
+        v.retain(|(key, _)| key != k);
+        v.push((k, val.to_string()));
+    }
+    v
+}
+
+#[tokio::test]
+async fn happy_path_responses_byte_equal_with_properties_and_headers() {
+    let ch = broker().await;
+    let q = Queues::new(&ch).await;
+    let sink = Sink::start().await;
+    sink.respond(|r| {
+        let mut body = b"re:".to_vec();
+        body.extend_from_slice(&r.body);
+        Reply::status(200).header("Content-Type", "application/octet-stream").body(body)
+    });
+    let n = 40;
+    for i in 0..n {
+        let mut headers = BTreeMap::new();
+        headers.insert("x-trace".into(), AMQPValue::LongString(format!("t{i}").into()));
+        headers.insert("x-number".into(), AMQPValue::LongInt(7));
+        let props = BasicProperties::default()
+            .with_correlation_id(format!("corr-{i}").into())
+            .with_message_id(format!("mid-{i}").into())
+            .with_reply_to("reply-q".into())
+            .with_headers(FieldTable::from(headers));
+        let mut body = format!("msg-{i}-").into_bytes();
+        body.extend_from_slice(&[0xff, 0x00, 0xfe]);
+        q.publish(&body, props).await;
+    }
+    let mut proc = Proc::start(&env(&q, &sink, &[]));
+    let responses = q.take(&q.response, n, WAIT).await;
+    assert_eq!(responses.len(), n);
+    let mut seen = HashMap::new();
+    for d in &responses {
+        let body = d.data.clone();
+        assert!(body.starts_with(b"re:msg-") && body.ends_with(&[0xff, 0x00, 0xfe]), "{body:?}");
+        let i: usize = String::from_utf8_lossy(&body[7..body.len() - 3]).trim_end_matches('-').parse().unwrap();
+        let p = &d.properties;
+        assert_eq!(p.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+        assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+        assert_eq!(p.correlation_id().as_ref().map(|s| s.to_string()), Some(format!("corr-{i}")));
+        assert_eq!(p.message_id().as_ref().map(|s| s.to_string()), Some(format!("mid-{i}")));
+        assert_eq!(p.reply_to().as_ref().map(|s| s.to_string()), Some("reply-q".to_owned()));
+        *seen.entry(i).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), n, "every message answered exactly once");
+    // Requests carried the contract headers and the AMQP string headers.
+    let reqs = sink.requests();
+    assert_eq!(reqs.len(), n);
+    for r in &reqs {
+        assert_eq!(r.headers["keda-topic"], q.source.as_str());
+        assert_eq!(r.headers["keda-response-topic"], q.response.as_str());
+        assert_eq!(r.headers["keda-error-topic"], q.error.as_str());
+        assert_eq!(r.headers["keda-source-name"], "it-trigger");
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert!(r.headers["x-trace"].to_str().unwrap().starts_with('t'));
+        assert!(r.headers.get("x-number").is_none(), "only text headers are forwarded");
+    }
+    proc.stop().await;
+    assert_eq!(q.ready(&q.source).await, 0, "nothing left or requeued");
+    assert_eq!(q.ready(&q.error).await, 0);
+}
+
+#[tokio::test]
+async fn persistent_failure_goes_to_error_queue_and_is_acked() {
+    let ch = broker().await;
+    let q = Queues::new(&ch).await;
+    let sink = Sink::start().await;
+    sink.respond(|_| Reply::status(500).body("down <&>"));
+    for i in 0..5 {
+        q.publish(format!("{{\"n\":{i}}}").as_bytes(), BasicProperties::default()).await;
+    }
+    let mut proc = Proc::start(&env(&q, &sink, &[]));
+    let errors = q.take(&q.error, 5, WAIT).await;
+    let endpoint = sink.url("/fission-function/fn");
+    let mut ns = Vec::new();
+    for d in &errors {
+        let doc: serde_json::Value = serde_json::from_slice(&d.data).expect("error document is JSON");
+        let req = &doc["FunctionHTTPRequest"];
+        let resp = &doc["FunctionHTTPResponse"];
+        assert_eq!(req["HTTPEndpoint"], endpoint.as_str());
+        assert_eq!(req["Headers"]["KEDA-Topic"][0], q.source.as_str());
+        assert_eq!(resp["StatusCode"], 500);
+        assert_eq!(resp["ResponseBody"], "down <&>");
+        assert_eq!(
+            resp["ErrorString"],
+            format!("request returned failure: 500. http_endpoint: {endpoint}, source: it-trigger")
+        );
+        assert_eq!(doc["ConnectorDetails"]["Attempts"], 2);
+        let m: serde_json::Value = serde_json::from_str(req["Message"].as_str().unwrap()).unwrap();
+        ns.push(m["n"].as_u64().unwrap());
+        assert_eq!(d.properties.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+        // Go escaping on the wire.
+        assert!(String::from_utf8_lossy(&d.data).contains(r"down \u003c\u0026\u003e"));
+    }
+    ns.sort();
+    assert_eq!(ns, vec![0, 1, 2, 3, 4]);
+    assert_eq!(sink.count(), 10, "MAX_RETRIES=1 → two attempts each");
+    proc.stop().await;
+    assert_eq!(q.ready(&q.source).await, 0, "failed messages were acked, not held or requeued");
+    assert_eq!(q.ready(&q.response).await, 0);
+}
+
+#[tokio::test]
+async fn error_document_through_the_broker_matches_the_golden_bytes() {
+    let ch = broker().await;
+    let q = Queues::new(&ch).await;
+    let sink = Sink::start().await;
+    sink.respond(|_| Reply::status(404).header("Content-Type", "text/plain; charset=utf-8").body("not found <&>"));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden");
+    let input = std::fs::read(root.join("rabbitmq-b-404.input.bin")).unwrap();
+    let golden = std::fs::read(root.join("rabbitmq-b-404.error-message.body.bin")).unwrap();
+    // The golden run used these names and port; substitute ours.
+    let expected = String::from_utf8(golden)
+        .unwrap()
+        .replace("127.0.0.1:28592", &sink.addr().to_string())
+        .replace("golden-in", &q.source)
+        .replace("golden-resp", &q.response)
+        .replace("golden-err", &q.error);
+    q.publish(&input, BasicProperties::default()).await;
+    let mut proc = Proc::start(&env(
+        &q,
+        &sink,
+        &[("ERROR_DOC_EXTRAS", "false"), ("SOURCE_NAME", "golden-src"), ("HTTP_ENDPOINT", &sink.url("/fission-function/golden-fn"))],
+    ));
+    let got = q.take(&q.error, 1, WAIT).await;
+    assert_eq!(String::from_utf8_lossy(&got[0].data), expected);
+    proc.stop().await;
+}
+
+#[tokio::test]
+async fn without_destinations_everything_is_acked() {
+    let ch = broker().await;
+    let q = Queues::new(&ch).await;
+    let sink = Sink::start().await;
+    sink.respond(|r| if r.body.starts_with(b"bad") { Reply::status(400) } else { Reply::status(200) });
+    for i in 0..10 {
+        let body = if i % 2 == 0 { format!("good{i}") } else { format!("bad{i}") };
+        q.publish(body.as_bytes(), BasicProperties::default()).await;
+    }
+    let mut e = env(&q, &sink, &[("MAX_RETRIES", "0")]);
+    e.retain(|(k, _)| *k != "RESPONSE_TOPIC" && *k != "ERROR_TOPIC");
+    let mut proc = Proc::start(&e);
+    sink.wait_for_requests(10, WAIT).await;
+    proc.stop().await;
+    assert_eq!(sink.count(), 10, "each message invoked once, none redelivered");
+    assert_eq!(q.ready(&q.source).await, 0);
+    assert_eq!(q.ready(&q.response).await, 0);
+    assert_eq!(q.ready(&q.error).await, 0);
+}
+
+#[tokio::test]
+async fn never_more_than_concurrent_unacked() {
+    let ch = broker().await;
+    let q = Queues::new(&ch).await;
+    let sink = Sink::start().await;
+    sink.set_gate(false);
+    for i in 0..20 {
+        q.publish(format!("m{i}").as_bytes(), BasicProperties::default()).await;
+    }
+    let mut proc = Proc::start(&env(&q, &sink, &[("CONCURRENT", "3")]));
+    sink.wait_for_in_flight(3, WAIT).await;
+    // The broker handed out exactly CONCURRENT deliveries: prefetch bounds what the pod holds.
+    assert_eq!(q.ready(&q.source).await, 17);
+    assert_eq!(sink.count(), 3);
+    sink.set_gate(true);
+    q.take(&q.response, 20, WAIT).await;
+    assert_eq!(sink.max_in_flight(), 3);
+    proc.stop().await;
+    assert_eq!(q.ready(&q.source).await, 0);
+}
+
+#[tokio::test]
+async fn sigterm_under_load_loses_nothing() {
+    let ch = broker().await;
+    let q = Queues::new(&ch).await;
+    let sink = Sink::start().await;
+    sink.respond(|r| Reply::status(200).body(r.body.clone()).delay(Duration::from_millis(5)));
+    let n = 300;
+    for i in 0..n {
+        q.publish(format!("{i}").as_bytes(), BasicProperties::default()).await;
+    }
+    let e = env(&q, &sink, &[("CONCURRENT", "5")]);
+    let mut first = Proc::start(&e);
+    sink.wait_for_requests(60, WAIT).await;
+    first.stop().await;
+    let before_restart = sink.count();
+    assert!(before_restart < n, "stopped under load ({before_restart} of {n} invoked)");
+    let mut second = Proc::start(&e);
+    let responses = q.take(&q.response, n, WAIT).await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for d in &responses {
+        *counts.entry(String::from_utf8(d.data.clone()).unwrap()).or_default() += 1;
+    }
+    for i in 0..n {
+        assert!(counts.contains_key(&i.to_string()), "message {i} was lost");
+    }
+    second.stop().await;
+    let extra = q.ready(&q.response).await as usize;
+    let duplicates = responses.len() - counts.len() + extra;
+    assert!(duplicates <= 5, "{duplicates} duplicates exceed the in-flight bound");
+    assert_eq!(q.ready(&q.source).await, 0);
+}
+
+/// A TCP proxy whose connections the test can cut, to simulate the broker dropping us.
+struct Proxy {
+    port: u16,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let c = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = listener.accept().await.unwrap();
+                let handle = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().unwrap().push(handle);
+            }
+        });
+        Self { port, conns }
+    }
+
+    /// Drops every open connection (both directions close).
+    fn cut(&self) {
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn reconnects_after_the_connection_is_cut() {
+    let ch = broker().await;
+    let q = Queues::new(&ch).await;
+    let sink = Sink::start().await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let host = amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port));
+    let mut proc = Proc::start(&env(&q, &sink, &[("HOST", &host)]));
+    for i in 0..5 {
+        q.publish(format!("a{i}").as_bytes(), BasicProperties::default()).await;
+    }
+    q.take(&q.response, 5, WAIT).await;
+    proc.wait_log("\"consuming\"", 1).await;
+    proxy.cut();
+    proc.wait_log("reconnecting", 1).await;
+    proc.wait_log("\"consuming\"", 2).await;
+    for i in 0..5 {
+        q.publish(format!("b{i}").as_bytes(), BasicProperties::default()).await;
+    }
+    let after: Vec<String> = q
+        .take(&q.response, 5, WAIT)
+        .await
+        .iter()
+        .map(|d| String::from_utf8(d.data.clone()).unwrap())
+        .collect();
+    for i in 0..5 {
+        assert!(after.contains(&format!("b{i}")), "b{i} after reconnect: {after:?}");
+    }
+    proc.stop().await;
+    assert_eq!(q.ready(&q.source).await, 0);
+}
+
+#[tokio::test]
+async fn missing_source_queue_exits_nonzero_naming_topic() {
+    let sink = Sink::start().await;
+    let e = vec![
+        ("HOST", amqp_url()),
+        ("TOPIC", unique("no-such-queue")),
+        ("HTTP_ENDPOINT", sink.url("/")),
+        ("MAX_RETRIES", "0".into()),
+        ("CONTENT_TYPE", "text/plain".into()),
+    ];
+    let mut proc = Proc::start(&e);
+    let status = proc.wait_exit().await;
+    assert_eq!(status.code(), Some(1));
+    assert!(proc.logs().contains("TOPIC: queue"), "{}", proc.logs());
+}
+
+#[tokio::test]
+async fn bad_env_values_exit_78_with_one_line_and_no_secret() {
+    let secret = "pa55w0rd-do-not-print";
+    let base = vec![
+        ("HOST", format!("amqp://guest:{secret}@127.0.0.1:5672/%2f")),
+        ("TOPIC", "q".to_owned()),
+        ("HTTP_ENDPOINT", "http://127.0.0.1:9/f".to_owned()),
+        ("MAX_RETRIES", "1".to_owned()),
+        ("CONTENT_TYPE", "text/plain".to_owned()),
+    ];
+    let cases: &[(&str, Option<String>)] = &[
+        ("HOST", None),
+        ("HOST", Some(format!("rabbit://guest:{secret}@h"))),
+        ("HOST", Some(format!("amqp://guest:{secret}@h:notaport/"))),
+        ("TOPIC", None),
+        ("HTTP_ENDPOINT", Some("not a url".into())),
+        ("MAX_RETRIES", Some("many".into())),
+        ("CONTENT_TYPE", Some(String::new())),
+        ("CONCURRENT", Some("0".into())),
+        ("CONCURRENT", Some("-4".into())),
+        ("CONCURRENT", Some("ten".into())),
+        ("INCLUDE_UNACKED", Some("true".into())),
+        ("HTTP_TIMEOUT", Some("5".into())),
+        ("RETRY_ON", Some("sometimes".into())),
+        ("ADMIN_ADDR", Some("everywhere".into())),
+    ];
+    for (var, value) in cases {
+        let mut e = base.clone();
+        e.retain(|(k, _)| k != var);
+        if let Some(v) = value {
+            e.push((var, v.clone()));
+        }
+        let out = std::process::Command::new(BIN)
+            .env_clear()
+            .envs(e.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{var}={value:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{var}: one line: {stderr}");
+        assert!(stderr.contains(var), "{var} named: {stderr}");
+        assert!(!stderr.contains(secret), "{var}: secret echoed: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn version_flag() {
+    let out = std::process::Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(s.starts_with(&format!("rabbitmq-http-connector {} (revision ", env!("CARGO_PKG_VERSION"))), "{s}");
+    let out = std::process::Command::new(BIN).arg("--frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
