@@ -141,7 +141,11 @@ pub async fn run<C: Connector>(connector: C, settings: Settings) -> ExitCode {
         max_in_flight = options.max_in_flight,
         "starting"
     );
+    // Alive for the whole run, including while waiting for a broker: a liveness probe must not
+    // restart a pod that is only waiting for its broker to come back.
+    engine.health().set_alive(true);
     let result = connector.run(engine.clone()).await;
+    engine.health().set_alive(false);
     engine.shutdown().cancel();
     match result {
         Ok(()) => {

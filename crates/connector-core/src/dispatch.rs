@@ -65,6 +65,10 @@ pub trait Acknowledger: Send + 'static {
     fn requeue(self) -> impl Future<Output = Result<(), BoxError>> + Send;
 }
 
+/// What [`Source::next`] resolves to.
+pub type NextDelivery<S> =
+    Result<Option<Delivery<<S as Source>::Meta, <S as Source>::Ack>>, BoxError>;
+
 /// Where deliveries come from.
 pub trait Source: Send {
     /// Broker-specific metadata carried to the publisher.
@@ -74,9 +78,7 @@ pub trait Source: Send {
 
     /// The next delivery. `Ok(None)` means the source has ended (connection or channel lost,
     /// consumer cancelled): the dispatcher drains and returns, and the connector may reconnect.
-    fn next(
-        &mut self,
-    ) -> impl Future<Output = Result<Option<Delivery<Self::Meta, Self::Ack>>, BoxError>> + Send;
+    fn next(&mut self) -> impl Future<Output = NextDelivery<Self>> + Send;
 
     /// Stop the broker from sending more (e.g. `basic.cancel`). Called once, on shutdown.
     fn stop(&mut self) -> impl Future<Output = ()> + Send;
@@ -129,6 +131,7 @@ pub enum DispatchEnd {
 const REQUEUE_DELAY: Duration = Duration::from_secs(1);
 
 type Queued<M, A> = (Delivery<M, A>, OwnedSemaphorePermit);
+type LaneQueues<M, A> = Arc<Mutex<HashMap<Lane, VecDeque<Queued<M, A>>>>>;
 
 impl Engine {
     /// Runs the loop until shutdown or until the source ends, then drains.
@@ -138,10 +141,9 @@ impl Engine {
         P: Publisher<S::Meta>,
     {
         let permits = Arc::new(Semaphore::new(self.options().max_in_flight.max(1)));
-        let lanes: Arc<Mutex<HashMap<Lane, VecDeque<Queued<S::Meta, S::Ack>>>>> = Arc::default();
+        let lanes: LaneQueues<S::Meta, S::Ack> = Arc::default();
         let mut tasks = JoinSet::new();
         let shutdown = self.shutdown().clone();
-        self.health().set_alive(true);
 
         let end = loop {
             while let Some(done) = tasks.try_join_next() {
@@ -226,9 +228,6 @@ impl Engine {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
             self.metrics().in_flight.set(0);
-        }
-        if end == DispatchEnd::Shutdown {
-            self.health().set_alive(false);
         }
         end
     }
@@ -360,9 +359,9 @@ impl Engine {
 }
 
 fn log_task_end(done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
-        if e.is_panic() {
-            tracing::error!(error = %e, "a message task panicked; its message is left for redelivery");
-        }
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a message task panicked; its message is left for redelivery");
     }
 }

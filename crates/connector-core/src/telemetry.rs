@@ -163,7 +163,7 @@ pub struct Health {
 }
 
 impl Health {
-    /// Marks the dispatch loop as running (or stopped).
+    /// Marks the connector as running (or stopped).
     pub fn set_alive(&self, alive: bool) {
         self.alive.store(alive, Ordering::Relaxed);
     }

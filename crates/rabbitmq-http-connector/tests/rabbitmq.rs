@@ -72,9 +72,13 @@ impl Queues {
             error: unique("err"),
         };
         for name in [&q.source, &q.response, &q.error] {
-            ch.queue_declare(name.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
-                .await
-                .unwrap();
+            ch.queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
         }
         q
     }
@@ -84,7 +88,10 @@ impl Queues {
         self.ch
             .queue_declare(
                 queue.into(),
-                QueueDeclareOptions { passive: true, ..Default::default() },
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -94,7 +101,13 @@ impl Queues {
 
     async fn publish(&self, body: &[u8], props: BasicProperties) {
         self.ch
-            .basic_publish("".into(), self.source.as_str().into(), BasicPublishOptions::default(), body, props)
+            .basic_publish(
+                "".into(),
+                self.source.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
             .await
             .unwrap()
             .await
@@ -108,7 +121,10 @@ impl Queues {
             .basic_consume(
                 queue.into(),
                 unique("test-consumer").as_str().into(),
-                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -119,7 +135,10 @@ impl Queues {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
                 Ok(Some(Ok(d))) => got.push(d),
                 Ok(other) => panic!("consumer ended: {other:?}"),
-                Err(_) => panic!("waited {limit:?} for {n} messages on {queue}, got {}", got.len()),
+                Err(_) => panic!(
+                    "waited {limit:?} for {n} messages on {queue}, got {}",
+                    got.len()
+                ),
             }
         }
         self.ch
@@ -133,10 +152,16 @@ impl Queues {
 impl Drop for Queues {
     fn drop(&mut self) {
         let ch = self.ch.clone();
-        let names = [self.source.clone(), self.response.clone(), self.error.clone()];
+        let names = [
+            self.source.clone(),
+            self.response.clone(),
+            self.error.clone(),
+        ];
         tokio::spawn(async move {
             for n in names {
-                let _ = ch.queue_delete(n.as_str().into(), QueueDeleteOptions::default()).await;
+                let _ = ch
+                    .queue_delete(n.as_str().into(), QueueDeleteOptions::default())
+                    .await;
             }
         });
     }
@@ -169,7 +194,11 @@ impl Proc {
                 n.notify_waiters();
             }
         });
-        Self { child, logs, logged }
+        Self {
+            child,
+            logs,
+            logged,
+        }
     }
 
     fn logs(&self) -> String {
@@ -181,7 +210,13 @@ impl Proc {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let notified = self.logged.notified();
-            let seen = self.logs.lock().unwrap().iter().filter(|l| l.contains(needle)).count();
+            let seen = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count();
             if seen >= times {
                 return;
             }
@@ -193,7 +228,10 @@ impl Proc {
 
     fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("running").to_string();
-        let ok = std::process::Command::new("kill").args([sig, &pid]).status().unwrap();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -208,7 +246,12 @@ impl Proc {
     async fn stop(&mut self) {
         self.signal("-TERM");
         let status = self.wait_exit().await;
-        assert_eq!(status.code(), Some(0), "exit after SIGTERM; logs:\n{}", self.logs());
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit after SIGTERM; logs:\n{}",
+            self.logs()
+        );
     }
 }
 
@@ -239,12 +282,17 @@ async fn happy_path_responses_byte_equal_with_properties_and_headers() {
     sink.respond(|r| {
         let mut body = b"re:".to_vec();
         body.extend_from_slice(&r.body);
-        Reply::status(200).header("Content-Type", "application/octet-stream").body(body)
+        Reply::status(200)
+            .header("Content-Type", "application/octet-stream")
+            .body(body)
     });
     let n = 40;
     for i in 0..n {
         let mut headers = BTreeMap::new();
-        headers.insert("x-trace".into(), AMQPValue::LongString(format!("t{i}").into()));
+        headers.insert(
+            "x-trace".into(),
+            AMQPValue::LongString(format!("t{i}").into()),
+        );
         headers.insert("x-number".into(), AMQPValue::LongInt(7));
         let props = BasicProperties::default()
             .with_correlation_id(format!("corr-{i}").into())
@@ -261,14 +309,32 @@ async fn happy_path_responses_byte_equal_with_properties_and_headers() {
     let mut seen = HashMap::new();
     for d in &responses {
         let body = d.data.clone();
-        assert!(body.starts_with(b"re:msg-") && body.ends_with(&[0xff, 0x00, 0xfe]), "{body:?}");
-        let i: usize = String::from_utf8_lossy(&body[7..body.len() - 3]).trim_end_matches('-').parse().unwrap();
+        assert!(
+            body.starts_with(b"re:msg-") && body.ends_with(&[0xff, 0x00, 0xfe]),
+            "{body:?}"
+        );
+        let i: usize = String::from_utf8_lossy(&body[7..body.len() - 3])
+            .trim_end_matches('-')
+            .parse()
+            .unwrap();
         let p = &d.properties;
-        assert_eq!(p.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+        assert_eq!(
+            p.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
         assert_eq!(*p.delivery_mode(), Some(2), "persistent");
-        assert_eq!(p.correlation_id().as_ref().map(|s| s.to_string()), Some(format!("corr-{i}")));
-        assert_eq!(p.message_id().as_ref().map(|s| s.to_string()), Some(format!("mid-{i}")));
-        assert_eq!(p.reply_to().as_ref().map(|s| s.to_string()), Some("reply-q".to_owned()));
+        assert_eq!(
+            p.correlation_id().as_ref().map(|s| s.to_string()),
+            Some(format!("corr-{i}"))
+        );
+        assert_eq!(
+            p.message_id().as_ref().map(|s| s.to_string()),
+            Some(format!("mid-{i}"))
+        );
+        assert_eq!(
+            p.reply_to().as_ref().map(|s| s.to_string()),
+            Some("reply-q".to_owned())
+        );
         *seen.entry(i).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), n, "every message answered exactly once");
@@ -282,7 +348,10 @@ async fn happy_path_responses_byte_equal_with_properties_and_headers() {
         assert_eq!(r.headers["keda-source-name"], "it-trigger");
         assert_eq!(r.headers["content-type"], "application/json");
         assert!(r.headers["x-trace"].to_str().unwrap().starts_with('t'));
-        assert!(r.headers.get("x-number").is_none(), "only text headers are forwarded");
+        assert!(
+            r.headers.get("x-number").is_none(),
+            "only text headers are forwarded"
+        );
     }
     proc.stop().await;
     assert_eq!(q.ready(&q.source).await, 0, "nothing left or requeued");
@@ -296,14 +365,19 @@ async fn persistent_failure_goes_to_error_queue_and_is_acked() {
     let sink = Sink::start().await;
     sink.respond(|_| Reply::status(500).body("down <&>"));
     for i in 0..5 {
-        q.publish(format!("{{\"n\":{i}}}").as_bytes(), BasicProperties::default()).await;
+        q.publish(
+            format!("{{\"n\":{i}}}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
     }
     let mut proc = Proc::start(&env(&q, &sink, &[]));
     let errors = q.take(&q.error, 5, WAIT).await;
     let endpoint = sink.url("/fission-function/fn");
     let mut ns = Vec::new();
     for d in &errors {
-        let doc: serde_json::Value = serde_json::from_slice(&d.data).expect("error document is JSON");
+        let doc: serde_json::Value =
+            serde_json::from_slice(&d.data).expect("error document is JSON");
         let req = &doc["FunctionHTTPRequest"];
         let resp = &doc["FunctionHTTPResponse"];
         assert_eq!(req["HTTPEndpoint"], endpoint.as_str());
@@ -317,7 +391,10 @@ async fn persistent_failure_goes_to_error_queue_and_is_acked() {
         assert_eq!(doc["ConnectorDetails"]["Attempts"], 2);
         let m: serde_json::Value = serde_json::from_str(req["Message"].as_str().unwrap()).unwrap();
         ns.push(m["n"].as_u64().unwrap());
-        assert_eq!(d.properties.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+        assert_eq!(
+            d.properties.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
         // Go escaping on the wire.
         assert!(String::from_utf8_lossy(&d.data).contains(r"down \u003c\u0026\u003e"));
     }
@@ -325,7 +402,11 @@ async fn persistent_failure_goes_to_error_queue_and_is_acked() {
     assert_eq!(ns, vec![0, 1, 2, 3, 4]);
     assert_eq!(sink.count(), 10, "MAX_RETRIES=1 → two attempts each");
     proc.stop().await;
-    assert_eq!(q.ready(&q.source).await, 0, "failed messages were acked, not held or requeued");
+    assert_eq!(
+        q.ready(&q.source).await,
+        0,
+        "failed messages were acked, not held or requeued"
+    );
     assert_eq!(q.ready(&q.response).await, 0);
 }
 
@@ -334,7 +415,11 @@ async fn error_document_through_the_broker_matches_the_golden_bytes() {
     let ch = broker().await;
     let q = Queues::new(&ch).await;
     let sink = Sink::start().await;
-    sink.respond(|_| Reply::status(404).header("Content-Type", "text/plain; charset=utf-8").body("not found <&>"));
+    sink.respond(|_| {
+        Reply::status(404)
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .body("not found <&>")
+    });
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden");
     let input = std::fs::read(root.join("rabbitmq-b-404.input.bin")).unwrap();
     let golden = std::fs::read(root.join("rabbitmq-b-404.error-message.body.bin")).unwrap();
@@ -349,11 +434,20 @@ async fn error_document_through_the_broker_matches_the_golden_bytes() {
     let mut proc = Proc::start(&env(
         &q,
         &sink,
-        &[("ERROR_DOC_EXTRAS", "false"), ("SOURCE_NAME", "golden-src"), ("HTTP_ENDPOINT", &sink.url("/fission-function/golden-fn"))],
+        &[
+            ("ERROR_DOC_EXTRAS", "false"),
+            ("SOURCE_NAME", "golden-src"),
+            ("HTTP_ENDPOINT", &sink.url("/fission-function/golden-fn")),
+        ],
     ));
     let got = q.take(&q.error, 1, WAIT).await;
     assert_eq!(String::from_utf8_lossy(&got[0].data), expected);
     proc.stop().await;
+    assert_eq!(
+        q.ready(&q.source).await,
+        0,
+        "acked after the error document was confirmed"
+    );
 }
 
 #[tokio::test]
@@ -361,9 +455,19 @@ async fn without_destinations_everything_is_acked() {
     let ch = broker().await;
     let q = Queues::new(&ch).await;
     let sink = Sink::start().await;
-    sink.respond(|r| if r.body.starts_with(b"bad") { Reply::status(400) } else { Reply::status(200) });
+    sink.respond(|r| {
+        if r.body.starts_with(b"bad") {
+            Reply::status(400)
+        } else {
+            Reply::status(200)
+        }
+    });
     for i in 0..10 {
-        let body = if i % 2 == 0 { format!("good{i}") } else { format!("bad{i}") };
+        let body = if i % 2 == 0 {
+            format!("good{i}")
+        } else {
+            format!("bad{i}")
+        };
         q.publish(body.as_bytes(), BasicProperties::default()).await;
     }
     let mut e = env(&q, &sink, &[("MAX_RETRIES", "0")]);
@@ -371,7 +475,11 @@ async fn without_destinations_everything_is_acked() {
     let mut proc = Proc::start(&e);
     sink.wait_for_requests(10, WAIT).await;
     proc.stop().await;
-    assert_eq!(sink.count(), 10, "each message invoked once, none redelivered");
+    assert_eq!(
+        sink.count(),
+        10,
+        "each message invoked once, none redelivered"
+    );
     assert_eq!(q.ready(&q.source).await, 0);
     assert_eq!(q.ready(&q.response).await, 0);
     assert_eq!(q.ready(&q.error).await, 0);
@@ -384,7 +492,8 @@ async fn never_more_than_concurrent_unacked() {
     let sink = Sink::start().await;
     sink.set_gate(false);
     for i in 0..20 {
-        q.publish(format!("m{i}").as_bytes(), BasicProperties::default()).await;
+        q.publish(format!("m{i}").as_bytes(), BasicProperties::default())
+            .await;
     }
     let mut proc = Proc::start(&env(&q, &sink, &[("CONCURRENT", "3")]));
     sink.wait_for_in_flight(3, WAIT).await;
@@ -403,22 +512,32 @@ async fn sigterm_under_load_loses_nothing() {
     let ch = broker().await;
     let q = Queues::new(&ch).await;
     let sink = Sink::start().await;
-    sink.respond(|r| Reply::status(200).body(r.body.clone()).delay(Duration::from_millis(5)));
+    sink.respond(|r| {
+        Reply::status(200)
+            .body(r.body.clone())
+            .delay(Duration::from_millis(5))
+    });
     let n = 300;
     for i in 0..n {
-        q.publish(format!("{i}").as_bytes(), BasicProperties::default()).await;
+        q.publish(format!("{i}").as_bytes(), BasicProperties::default())
+            .await;
     }
     let e = env(&q, &sink, &[("CONCURRENT", "5")]);
     let mut first = Proc::start(&e);
     sink.wait_for_requests(60, WAIT).await;
     first.stop().await;
     let before_restart = sink.count();
-    assert!(before_restart < n, "stopped under load ({before_restart} of {n} invoked)");
+    assert!(
+        before_restart < n,
+        "stopped under load ({before_restart} of {n} invoked)"
+    );
     let mut second = Proc::start(&e);
     let responses = q.take(&q.response, n, WAIT).await;
     let mut counts: HashMap<String, usize> = HashMap::new();
     for d in &responses {
-        *counts.entry(String::from_utf8(d.data.clone()).unwrap()).or_default() += 1;
+        *counts
+            .entry(String::from_utf8(d.data.clone()).unwrap())
+            .or_default() += 1;
     }
     for i in 0..n {
         assert!(counts.contains_key(&i.to_string()), "message {i} was lost");
@@ -426,7 +545,10 @@ async fn sigterm_under_load_loses_nothing() {
     second.stop().await;
     let extra = q.ready(&q.response).await as usize;
     let duplicates = responses.len() - counts.len() + extra;
-    assert!(duplicates <= 5, "{duplicates} duplicates exceed the in-flight bound");
+    assert!(
+        duplicates <= 5,
+        "{duplicates} duplicates exceed the in-flight bound"
+    );
     assert_eq!(q.ready(&q.source).await, 0);
 }
 
@@ -473,7 +595,8 @@ async fn reconnects_after_the_connection_is_cut() {
     let host = amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port));
     let mut proc = Proc::start(&env(&q, &sink, &[("HOST", &host)]));
     for i in 0..5 {
-        q.publish(format!("a{i}").as_bytes(), BasicProperties::default()).await;
+        q.publish(format!("a{i}").as_bytes(), BasicProperties::default())
+            .await;
     }
     q.take(&q.response, 5, WAIT).await;
     proc.wait_log("\"consuming\"", 1).await;
@@ -481,7 +604,8 @@ async fn reconnects_after_the_connection_is_cut() {
     proc.wait_log("reconnecting", 1).await;
     proc.wait_log("\"consuming\"", 2).await;
     for i in 0..5 {
-        q.publish(format!("b{i}").as_bytes(), BasicProperties::default()).await;
+        q.publish(format!("b{i}").as_bytes(), BasicProperties::default())
+            .await;
     }
     let after: Vec<String> = q
         .take(&q.response, 5, WAIT)
@@ -490,7 +614,10 @@ async fn reconnects_after_the_connection_is_cut() {
         .map(|d| String::from_utf8(d.data.clone()).unwrap())
         .collect();
     for i in 0..5 {
-        assert!(after.contains(&format!("b{i}")), "b{i} after reconnect: {after:?}");
+        assert!(
+            after.contains(&format!("b{i}")),
+            "b{i} after reconnect: {after:?}"
+        );
     }
     proc.stop().await;
     assert_eq!(q.ready(&q.source).await, 0);
@@ -560,10 +687,120 @@ async fn bad_env_values_exit_78_with_one_line_and_no_secret() {
 
 #[test]
 fn version_flag() {
-    let out = std::process::Command::new(BIN).arg("--version").output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let s = String::from_utf8(out.stdout).unwrap();
-    assert!(s.starts_with(&format!("rabbitmq-http-connector {} (revision ", env!("CARGO_PKG_VERSION"))), "{s}");
-    let out = std::process::Command::new(BIN).arg("--frobnicate").output().unwrap();
+    assert!(
+        s.starts_with(&format!(
+            "rabbitmq-http-connector {} (revision ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{s}"
+    );
+    let out = std::process::Command::new(BIN)
+        .arg("--frobnicate")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.0 GET; returns (status, body).
+async fn get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn admin_endpoints_report_liveness_readiness_and_counts() {
+    // Broker unreachable: alive (waiting is not wedged) but not ready.
+    let sink = Sink::start().await;
+    let admin = free_port();
+    let closed = free_port();
+    let mut down = Proc::start(&[
+        ("HOST", format!("amqp://guest:guest@127.0.0.1:{closed}/%2f")),
+        ("TOPIC", "q".into()),
+        ("HTTP_ENDPOINT", sink.url("/")),
+        ("MAX_RETRIES", "0".into()),
+        ("CONTENT_TYPE", "text/plain".into()),
+        ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
+    ]);
+    down.wait_log("cannot consume from RabbitMQ", 1).await;
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+    assert_eq!(get(admin, "/readyz").await.0, 503);
+    down.stop().await;
+
+    let ch = broker().await;
+    let q = Queues::new(&ch).await;
+    sink.respond(|r| {
+        if r.body.starts_with(b"f") {
+            Reply::status(422)
+        } else {
+            Reply::status(200)
+        }
+    });
+    for body in ["ok1", "ok2", "ok3", "f1", "f2"] {
+        q.publish(body.as_bytes(), BasicProperties::default()).await;
+    }
+    let admin = free_port();
+    let mut proc = Proc::start(&env(
+        &q,
+        &sink,
+        &[
+            ("ADMIN_ADDR", &format!("127.0.0.1:{admin}")),
+            ("MAX_RETRIES", "2"),
+        ],
+    ));
+    proc.wait_log("\"consuming\"", 1).await;
+    assert_eq!(get(admin, "/readyz").await.0, 200);
+    q.take(&q.response, 3, WAIT).await;
+    q.take(&q.error, 2, WAIT).await;
+    let (status, text) = get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(&text, "keda_connector_messages_received_total"), 5.0);
+    assert_eq!(
+        metric(&text, "keda_connector_messages_succeeded_total"),
+        3.0
+    );
+    assert_eq!(metric(&text, "keda_connector_messages_failed_total"), 2.0);
+    assert_eq!(metric(&text, "keda_connector_http_retries_total"), 4.0);
+    assert!(
+        text.contains("keda_connector_http_request_duration_seconds_count{class=\"4xx\"} 6"),
+        "{text}"
+    );
+    assert_eq!(get(admin, "/nope").await.0, 404);
+    proc.stop().await;
+    assert_eq!(q.ready(&q.source).await, 0);
 }

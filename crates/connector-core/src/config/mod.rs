@@ -197,14 +197,14 @@ impl Settings {
             ("ERROR_TOPIC", error_topic.as_ref()),
             ("SOURCE_NAME", Some(&source_name)),
         ] {
-            if let Some(v) = value {
-                if HeaderValue::from_str(v).is_err() {
-                    return Err(ConfigError::invalid(
-                        var,
-                        "text without control characters (it is sent as an HTTP header)",
-                        v,
-                    ));
-                }
+            if let Some(v) = value
+                && HeaderValue::from_str(v).is_err()
+            {
+                return Err(ConfigError::invalid(
+                    var,
+                    "text without control characters (it is sent as an HTTP header)",
+                    v,
+                ));
             }
         }
 
