@@ -61,7 +61,9 @@ fn test(extra: &[String]) -> Result<(), String> {
             .and_then(|mut a| a.next())
             .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
         if !reachable {
-            missing.push(format!("  {name} is not reachable at {addr}; start it with: {how}"));
+            missing.push(format!(
+                "  {name} is not reachable at {addr}; start it with: {how}"
+            ));
         }
     }
     if !missing.is_empty() {

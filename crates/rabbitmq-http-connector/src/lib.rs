@@ -24,6 +24,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 /// The RabbitMQ connector.
 #[derive(Debug)]
@@ -165,16 +166,19 @@ impl Session {
                 FieldTable::default(),
             )
             .await?;
+        let broken = Arc::new(Notify::new());
         Ok(Self {
             connection,
             source: RabbitSource {
                 tag: consumer.tag(),
                 consumer,
                 channel: consume,
+                publisher_broken: broken.clone(),
             },
             publisher: Arc::new(RabbitPublisher {
                 channel: publish,
                 content_type: common.content_type.as_str().into(),
+                broken,
             }),
         })
     }
@@ -206,6 +210,9 @@ struct RabbitSource {
     consumer: Consumer,
     channel: Channel,
     tag: ShortString,
+    /// Fired by the publisher when its channel is gone: end this session so it is rebuilt,
+    /// instead of consuming while every write fails.
+    publisher_broken: Arc<Notify>,
 }
 
 impl Source for RabbitSource {
@@ -213,7 +220,14 @@ impl Source for RabbitSource {
     type Ack = RabbitAck;
 
     async fn next(&mut self) -> Result<Option<Delivery<AmqpMeta, RabbitAck>>, BoxError> {
-        let delivery = match self.consumer.next().await {
+        let next = tokio::select! {
+            next = self.consumer.next() => next,
+            () = self.publisher_broken.notified() => {
+                tracing::warn!("the publishing channel is closed");
+                return Ok(None);
+            }
+        };
+        let delivery = match next {
             Some(Ok(d)) => d,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "consumer error");
@@ -295,6 +309,7 @@ impl Acknowledger for RabbitAck {
 struct RabbitPublisher {
     channel: Channel,
     content_type: ShortString,
+    broken: Arc<Notify>,
 }
 
 impl Publisher<AmqpMeta> for RabbitPublisher {
@@ -313,6 +328,20 @@ impl Publisher<AmqpMeta> for RabbitPublisher {
         if let Some(v) = &record.meta.reply_to {
             props = props.with_reply_to(v.clone());
         }
+        let confirm = self.confirmed_publish(record, props).await;
+        if confirm.is_err() && !self.channel.status().connected() {
+            self.broken.notify_one();
+        }
+        confirm
+    }
+}
+
+impl RabbitPublisher {
+    async fn confirmed_publish(
+        &self,
+        record: Outbound<'_, AmqpMeta>,
+        props: BasicProperties,
+    ) -> Result<(), BoxError> {
         let confirm = self
             .channel
             .basic_publish(
