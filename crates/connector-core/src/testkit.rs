@@ -187,35 +187,42 @@ impl Sink {
 
     /// Waits until at least `n` requests have arrived; panics with the count after `limit`.
     pub async fn wait_for_requests(&self, n: usize, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.state.arrived.notified();
-            if self.count() >= n {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "sink: waited {limit:?} for {n} requests, got {}",
-                    self.count()
-                );
-            }
-        }
+        let what = format!("{n} requests");
+        wait_until(&self.state.arrived, limit, &what, || {
+            let c = self.count();
+            (c >= n, c)
+        })
+        .await;
     }
 
     /// Waits until `n` requests are being held at the same time (with the gate closed).
     pub async fn wait_for_in_flight(&self, n: usize, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.state.arrived.notified();
-            if self.in_flight() >= n {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "sink: waited {limit:?} for {n} concurrent requests, have {}",
-                    self.in_flight()
-                );
-            }
+        let what = format!("{n} concurrent requests");
+        wait_until(&self.state.arrived, limit, &what, || {
+            let c = self.in_flight();
+            (c >= n, c)
+        })
+        .await;
+    }
+}
+
+/// Re-checks `done` each time `changed` fires; panics after `limit` naming `what` and the last
+/// observed count. The notification is armed before each check, so no wake-up is missed.
+async fn wait_until(
+    changed: &Notify,
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut() -> (bool, usize),
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let notified = changed.notified();
+        let (ok, seen) = done();
+        if ok {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            panic!("waited {limit:?} for {what}, have {seen}");
         }
     }
 }
@@ -316,21 +323,16 @@ impl EventLog {
     }
     /// Waits until `n` deliveries are settled (acked or requeued); panics after `limit`.
     pub async fn wait_for_settled(&self, n: usize, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.changed.notified();
+        let what = format!("{n} settled deliveries");
+        wait_until(&self.changed, limit, &what, || {
             let settled = self
                 .events()
                 .iter()
                 .filter(|e| matches!(e, Event::Acked(_) | Event::Requeued(_)))
                 .count();
-            if settled >= n {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("waited {limit:?} for {n} settled deliveries, got {settled}");
-            }
-        }
+            (settled >= n, settled)
+        })
+        .await;
     }
 }
 

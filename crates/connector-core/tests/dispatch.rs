@@ -1,7 +1,9 @@
 //! Dispatcher behaviour with an in-memory source and publisher and a real HTTP sink.
 
 use bytes::Bytes;
-use connector_core::testkit::{Event, MemoryPublisher, MemorySource, Reply, Sink, settings};
+use connector_core::testkit::{
+    Event, EventLog, MemoryPublisher, MemorySource, Reply, Sink, settings,
+};
 use connector_core::{
     Destination, DispatchEnd, DispatchOptions, Engine, HeaderFamily, Lane, Message,
 };
@@ -32,6 +34,28 @@ fn msg(body: &str, lane: Option<u64>) -> Message {
         lane: lane.map(Lane),
         ..Default::default()
     }
+}
+
+/// Feeds `messages`, runs the dispatcher until `settle` deliveries are settled, then shuts it
+/// down; returns the event log.
+async fn run_until_settled(
+    engine: &Engine,
+    messages: Vec<Message>,
+    settle: usize,
+    configure: impl FnOnce(&MemoryPublisher),
+) -> Arc<EventLog> {
+    let (mut source, feed, log) = MemorySource::new();
+    for m in messages {
+        feed.send(m).unwrap();
+    }
+    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
+    configure(&publisher);
+    let e = engine.clone();
+    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
+    log.wait_for_settled(settle, WAIT).await;
+    engine.shutdown().cancel();
+    assert_eq!(run.await.unwrap(), DispatchEnd::Shutdown);
+    log
 }
 
 fn unordered(n: usize) -> DispatchOptions {
@@ -67,182 +91,6 @@ async fn never_holds_more_than_max_in_flight() {
     engine.shutdown().cancel();
     assert_eq!(run.await.unwrap(), DispatchEnd::Shutdown);
     assert_eq!(engine.metrics().in_flight.get(), 0);
-}
-
-#[tokio::test]
-async fn lanes_run_in_order_and_in_parallel() {
-    let sink = Sink::start().await;
-    sink.respond(|_| Reply::status(200).delay(Duration::from_millis(5)));
-    let engine = engine(
-        &sink,
-        DispatchOptions {
-            max_in_flight: 16,
-            ordered: true,
-        },
-        &[],
-    );
-    let (mut source, feed, log) = MemorySource::new();
-    for i in 0..10 {
-        for lane in 0..4u64 {
-            feed.send(msg(&format!("{lane}:{i}"), Some(lane))).unwrap();
-        }
-    }
-    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
-    let e = engine.clone();
-    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
-    log.wait_for_settled(40, WAIT).await;
-    engine.shutdown().cancel();
-    run.await.unwrap();
-    let bodies: Vec<String> = sink
-        .requests()
-        .iter()
-        .map(|r| String::from_utf8(r.body.to_vec()).unwrap())
-        .collect();
-    for lane in 0..4 {
-        let seq: Vec<&String> = bodies
-            .iter()
-            .filter(|b| b.starts_with(&format!("{lane}:")))
-            .collect();
-        let want: Vec<String> = (0..10).map(|i| format!("{lane}:{i}")).collect();
-        assert_eq!(seq, want.iter().collect::<Vec<_>>(), "lane {lane} in order");
-    }
-    assert!(sink.max_in_flight() > 1, "lanes ran in parallel");
-    assert!(sink.max_in_flight() <= 4, "one at a time per lane");
-}
-
-#[tokio::test]
-async fn success_publishes_response_then_acks() {
-    let sink = Sink::start().await;
-    sink.respond(|_| Reply::status(200).header("X-Resp", "yes").body("answer"));
-    let engine = engine(&sink, unordered(4), &[]);
-    let (mut source, feed, log) = MemorySource::new();
-    feed.send(msg("q", None)).unwrap();
-    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
-    let e = engine.clone();
-    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
-    log.wait_for_settled(1, WAIT).await;
-    engine.shutdown().cancel();
-    run.await.unwrap();
-    let events = log.events();
-    let Event::Published {
-        destination,
-        topic,
-        body,
-        headers,
-        ..
-    } = &events[0]
-    else {
-        panic!("{events:?}")
-    };
-    assert_eq!(
-        (*destination, topic.as_str(), body.as_ref()),
-        (Destination::Response, "out", &b"answer"[..])
-    );
-    assert!(headers.contains(&("x-resp".to_owned(), "yes".to_owned())));
-    assert_eq!(events[1], Event::Acked(0));
-    assert_eq!(engine.metrics().succeeded.get(), 1);
-}
-
-#[tokio::test]
-async fn failure_writes_error_document_then_acks() {
-    let sink = Sink::start().await;
-    sink.respond(|_| Reply::status(400).body("bad"));
-    let engine = engine(&sink, unordered(4), &[]);
-    let (mut source, feed, log) = MemorySource::new();
-    feed.send(msg("poison", None)).unwrap();
-    feed.send(msg("fine", None)).unwrap();
-    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
-    let e = engine.clone();
-    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
-    log.wait_for_settled(2, WAIT).await;
-    engine.shutdown().cancel();
-    run.await.unwrap();
-    let events = log.events();
-    let errors: Vec<serde_json::Value> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Published {
-                destination: Destination::Error,
-                topic,
-                body,
-                ..
-            } => {
-                assert_eq!(topic, "err");
-                Some(serde_json::from_slice(body).unwrap())
-            }
-            _ => None,
-        })
-        .collect();
-    assert_eq!(errors.len(), 2, "one error document per failed message");
-    assert_eq!(errors[0]["FunctionHTTPResponse"]["StatusCode"], 400);
-    assert_eq!(errors[0]["FunctionHTTPResponse"]["ResponseBody"], "bad");
-    let mut acked = log.acked();
-    acked.sort();
-    assert_eq!(
-        acked,
-        vec![0, 1],
-        "the loop goes on and acks after the error write"
-    );
-    for id in [0, 1] {
-        let published = events
-            .iter()
-            .position(|e| matches!(e, Event::Published { id: i, .. } if *i == id))
-            .unwrap();
-        let ack = events.iter().position(|e| *e == Event::Acked(id)).unwrap();
-        assert!(published < ack, "error document is written before the ack");
-    }
-}
-
-#[tokio::test]
-async fn publish_failure_requeues_instead_of_acking() {
-    let sink = Sink::start().await;
-    let engine = engine(&sink, unordered(4), &[]);
-    let (mut source, feed, log) = MemorySource::new();
-    feed.send(msg("m", None)).unwrap();
-    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
-    publisher.fail.store(true, Ordering::SeqCst);
-    let e = engine.clone();
-    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
-    log.wait_for_settled(1, WAIT).await;
-    engine.shutdown().cancel();
-    run.await.unwrap();
-    assert_eq!(log.events(), vec![Event::Requeued(0)]);
-}
-
-#[tokio::test]
-async fn no_destinations_means_ack_without_publish() {
-    let sink = Sink::start().await;
-    sink.respond(|r| {
-        if r.body == "bad" {
-            Reply::status(500)
-        } else {
-            Reply::status(200)
-        }
-    });
-    let url = sink.url("/");
-    let engine = Engine::new(
-        settings(&[
-            ("TOPIC", "in"),
-            ("HTTP_ENDPOINT", &url),
-            ("MAX_RETRIES", "0"),
-            ("CONTENT_TYPE", "text/plain"),
-        ]),
-        HeaderFamily::Keda,
-        unordered(2),
-        "t",
-    );
-    let (mut source, feed, log) = MemorySource::new();
-    feed.send(msg("ok", None)).unwrap();
-    feed.send(msg("bad", None)).unwrap();
-    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
-    let e = engine.clone();
-    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
-    log.wait_for_settled(2, WAIT).await;
-    engine.shutdown().cancel();
-    run.await.unwrap();
-    let mut events = log.events();
-    events.sort_by_key(|e| format!("{e:?}"));
-    assert_eq!(events, vec![Event::Acked(0), Event::Acked(1)]);
 }
 
 #[tokio::test]
@@ -310,4 +158,147 @@ async fn source_end_returns_for_reconnect() {
         vec![0],
         "in-flight work finished before returning"
     );
+}
+
+#[tokio::test]
+async fn lanes_run_in_order_and_in_parallel() {
+    let sink = Sink::start().await;
+    sink.respond(|_| Reply::status(200).delay(Duration::from_millis(5)));
+    let options = DispatchOptions {
+        max_in_flight: 16,
+        ordered: true,
+    };
+    let engine = engine(&sink, options, &[]);
+    let messages = (0..10)
+        .flat_map(|i| (0..4u64).map(move |lane| msg(&format!("{lane}:{i}"), Some(lane))))
+        .collect();
+    run_until_settled(&engine, messages, 40, |_| {}).await;
+    let bodies: Vec<String> = sink
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8(r.body.to_vec()).unwrap())
+        .collect();
+    for lane in 0..4 {
+        let seq: Vec<&String> = bodies
+            .iter()
+            .filter(|b| b.starts_with(&format!("{lane}:")))
+            .collect();
+        let want: Vec<String> = (0..10).map(|i| format!("{lane}:{i}")).collect();
+        assert_eq!(seq, want.iter().collect::<Vec<_>>(), "lane {lane} in order");
+    }
+    assert!(sink.max_in_flight() > 1, "lanes ran in parallel");
+    assert!(sink.max_in_flight() <= 4, "one at a time per lane");
+}
+
+#[tokio::test]
+async fn success_publishes_response_then_acks() {
+    let sink = Sink::start().await;
+    sink.respond(|_| Reply::status(200).header("X-Resp", "yes").body("answer"));
+    let engine = engine(&sink, unordered(4), &[]);
+    let log = run_until_settled(&engine, vec![msg("q", None)], 1, |_| {}).await;
+    let events = log.events();
+    let Event::Published {
+        destination,
+        topic,
+        body,
+        headers,
+        ..
+    } = &events[0]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        (*destination, topic.as_str(), body.as_ref()),
+        (Destination::Response, "out", &b"answer"[..])
+    );
+    assert!(headers.contains(&("x-resp".to_owned(), "yes".to_owned())));
+    assert_eq!(events[1], Event::Acked(0));
+    assert_eq!(engine.metrics().succeeded.get(), 1);
+}
+
+#[tokio::test]
+async fn failure_writes_error_document_then_acks() {
+    let sink = Sink::start().await;
+    sink.respond(|_| Reply::status(400).body("bad"));
+    let engine = engine(&sink, unordered(4), &[]);
+    let log = run_until_settled(
+        &engine,
+        vec![msg("poison", None), msg("fine", None)],
+        2,
+        |_| {},
+    )
+    .await;
+    let events = log.events();
+    let errors: Vec<serde_json::Value> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Published {
+                destination: Destination::Error,
+                topic,
+                body,
+                ..
+            } => {
+                assert_eq!(topic, "err");
+                Some(serde_json::from_slice(body).unwrap())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 2, "one error document per failed message");
+    assert_eq!(errors[0]["FunctionHTTPResponse"]["StatusCode"], 400);
+    assert_eq!(errors[0]["FunctionHTTPResponse"]["ResponseBody"], "bad");
+    let mut acked = log.acked();
+    acked.sort();
+    assert_eq!(
+        acked,
+        vec![0, 1],
+        "the loop goes on and acks after the error write"
+    );
+    for id in [0, 1] {
+        let published = events
+            .iter()
+            .position(|e| matches!(e, Event::Published { id: i, .. } if *i == id))
+            .unwrap();
+        let ack = events.iter().position(|e| *e == Event::Acked(id)).unwrap();
+        assert!(published < ack, "error document is written before the ack");
+    }
+}
+
+#[tokio::test]
+async fn publish_failure_requeues_instead_of_acking() {
+    let sink = Sink::start().await;
+    let engine = engine(&sink, unordered(4), &[]);
+    let log = run_until_settled(&engine, vec![msg("m", None)], 1, |p| {
+        p.fail.store(true, Ordering::SeqCst)
+    })
+    .await;
+    assert_eq!(log.events(), vec![Event::Requeued(0)]);
+}
+
+#[tokio::test]
+async fn no_destinations_means_ack_without_publish() {
+    let sink = Sink::start().await;
+    sink.respond(|r| {
+        if r.body == "bad" {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let url = sink.url("/");
+    let engine = Engine::new(
+        settings(&[
+            ("TOPIC", "in"),
+            ("HTTP_ENDPOINT", &url),
+            ("MAX_RETRIES", "0"),
+            ("CONTENT_TYPE", "text/plain"),
+        ]),
+        HeaderFamily::Keda,
+        unordered(2),
+        "t",
+    );
+    let log = run_until_settled(&engine, vec![msg("ok", None), msg("bad", None)], 2, |_| {}).await;
+    let mut events = log.events();
+    events.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(events, vec![Event::Acked(0), Event::Acked(1)]);
 }

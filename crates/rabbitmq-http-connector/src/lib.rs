@@ -69,8 +69,8 @@ impl Connector for RabbitConnector {
                 }
             };
             backoff.reset();
-            tracing::info!(queue = %self.config.queue, prefetch = self.config.concurrent, "consuming");
             engine.health().set_ready(true);
+            tracing::info!(queue = %self.config.queue, prefetch = self.config.concurrent, "consuming");
             let end = engine
                 .dispatch(&mut session.source, &session.publisher)
                 .await;
