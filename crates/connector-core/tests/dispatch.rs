@@ -36,6 +36,34 @@ fn msg(body: &str, lane: Option<u64>) -> Message {
     }
 }
 
+/// A dispatcher running in the background on a [`MemorySource`].
+struct Running {
+    run: tokio::task::JoinHandle<DispatchEnd>,
+    log: Arc<EventLog>,
+    taken: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn start_dispatch(
+    engine: &Engine,
+    messages: Vec<Message>,
+    configure: impl FnOnce(&MemoryPublisher),
+) -> Running {
+    let (mut source, feed, log) = MemorySource::new();
+    for m in messages {
+        feed.send(m).unwrap();
+    }
+    let taken = source.taken.clone();
+    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
+    configure(&publisher);
+    let e = engine.clone();
+    // The feed stays open so the source does not end on its own.
+    let run = tokio::spawn(async move {
+        let _feed = feed;
+        e.dispatch(&mut source, &publisher).await
+    });
+    Running { run, log, taken }
+}
+
 /// Feeds `messages`, runs the dispatcher until `settle` deliveries are settled, then shuts it
 /// down; returns the event log.
 async fn run_until_settled(
@@ -44,14 +72,7 @@ async fn run_until_settled(
     settle: usize,
     configure: impl FnOnce(&MemoryPublisher),
 ) -> Arc<EventLog> {
-    let (mut source, feed, log) = MemorySource::new();
-    for m in messages {
-        feed.send(m).unwrap();
-    }
-    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
-    configure(&publisher);
-    let e = engine.clone();
-    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
+    let Running { run, log, .. } = start_dispatch(engine, messages, configure);
     log.wait_for_settled(settle, WAIT).await;
     engine.shutdown().cancel();
     assert_eq!(run.await.unwrap(), DispatchEnd::Shutdown);
@@ -70,14 +91,8 @@ async fn never_holds_more_than_max_in_flight() {
     let sink = Sink::start().await;
     sink.set_gate(false);
     let engine = engine(&sink, unordered(3), &[]);
-    let (mut source, feed, log) = MemorySource::new();
-    let taken = source.taken.clone();
-    for i in 0..20 {
-        feed.send(msg(&i.to_string(), None)).unwrap();
-    }
-    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
-    let e = engine.clone();
-    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
+    let messages = (0..20).map(|i| msg(&i.to_string(), None)).collect();
+    let Running { run, log, taken } = start_dispatch(&engine, messages, |_| {});
     sink.wait_for_in_flight(3, WAIT).await;
     // Held, not answered: the dispatcher must not have taken a fourth delivery.
     assert_eq!(taken.load(Ordering::SeqCst), 3);
@@ -98,14 +113,8 @@ async fn shutdown_drains_in_flight_and_takes_nothing_new() {
     let sink = Sink::start().await;
     sink.set_gate(false);
     let engine = engine(&sink, unordered(2), &[("DRAIN_TIMEOUT", "10s")]);
-    let (mut source, feed, log) = MemorySource::new();
-    let taken = source.taken.clone();
-    for i in 0..5 {
-        feed.send(msg(&i.to_string(), None)).unwrap();
-    }
-    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
-    let e = engine.clone();
-    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
+    let messages = (0..5).map(|i| msg(&i.to_string(), None)).collect();
+    let Running { run, log, taken } = start_dispatch(&engine, messages, |_| {});
     sink.wait_for_in_flight(2, WAIT).await;
     engine.shutdown().cancel();
     // Let the held requests finish: the drain must wait for them and ack them.
@@ -127,13 +136,8 @@ async fn drain_budget_leaves_unfinished_work_unacknowledged() {
     let sink = Sink::start().await;
     sink.set_gate(false);
     let engine = engine(&sink, unordered(2), &[("DRAIN_TIMEOUT", "200ms")]);
-    let (mut source, feed, log) = MemorySource::new();
-    for i in 0..2 {
-        feed.send(msg(&i.to_string(), None)).unwrap();
-    }
-    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
-    let e = engine.clone();
-    let run = tokio::spawn(async move { e.dispatch(&mut source, &publisher).await });
+    let messages = (0..2).map(|i| msg(&i.to_string(), None)).collect();
+    let Running { run, log, .. } = start_dispatch(&engine, messages, |_| {});
     sink.wait_for_in_flight(2, WAIT).await;
     engine.shutdown().cancel();
     assert_eq!(run.await.unwrap(), DispatchEnd::Shutdown);
