@@ -61,8 +61,10 @@ pub struct Delivery<M, A> {
 pub trait Acknowledger: Send + 'static {
     /// The outcome is durable: the broker may forget the message.
     fn ack(self) -> impl Future<Output = Result<(), BoxError>> + Send;
-    /// The outcome could not be written: the broker should deliver the message again.
-    fn requeue(self) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// The outcome could not be written: the message must be delivered again. `message` is
+    /// handed back for sources whose broker cannot redeliver a single message by itself (a
+    /// Kafka partition only moves forward); others ignore it.
+    fn requeue(self, message: Message) -> impl Future<Output = Result<(), BoxError>> + Send;
 }
 
 /// What [`Source::next`] resolves to.
@@ -131,7 +133,14 @@ pub enum DispatchEnd {
 const REQUEUE_DELAY: Duration = Duration::from_secs(1);
 
 type Queued<M, A> = (Delivery<M, A>, OwnedSemaphorePermit);
-type LaneQueues<M, A> = Arc<Mutex<HashMap<Lane, VecDeque<Queued<M, A>>>>>;
+
+/// Per lane: how many of its deliveries are running, and the ones waiting for a turn.
+struct LaneState<M, A> {
+    running: usize,
+    waiting: VecDeque<Queued<M, A>>,
+}
+
+type LaneQueues<M, A> = Arc<Mutex<HashMap<Lane, LaneState<M, A>>>>;
 
 impl Engine {
     /// Runs the loop until shutdown or until the source ends, then drains.
@@ -169,7 +178,8 @@ impl Engine {
             };
             self.metrics().received.inc();
             self.metrics().in_flight.inc();
-            let lane = delivery.message.lane.filter(|_| self.options().ordered);
+            let limit = self.options().lane_concurrency;
+            let lane = delivery.message.lane.filter(|_| limit > 0);
             let Some(lane) = lane else {
                 let (engine, publisher) = (self.clone(), publisher.clone());
                 tasks.spawn(async move {
@@ -180,12 +190,18 @@ impl Engine {
             };
             {
                 let mut map = lanes.lock().expect("lane map lock");
-                if let Some(queue) = map.get_mut(&lane) {
-                    queue.push_back((delivery, permit));
+                let state = map.entry(lane).or_insert_with(|| LaneState {
+                    running: 0,
+                    waiting: VecDeque::new(),
+                });
+                if state.running >= limit {
+                    state.waiting.push_back((delivery, permit));
                     continue;
                 }
-                map.insert(lane, VecDeque::new());
+                state.running += 1;
             }
+            // A lane worker runs its delivery, then takes the lane's next waiting one, so with
+            // a limit of 1 a lane is processed strictly in order.
             let (engine, publisher, lanes) = (self.clone(), publisher.clone(), lanes.clone());
             tasks.spawn(async move {
                 let mut current = Some((delivery, permit));
@@ -193,17 +209,19 @@ impl Engine {
                     engine.handle(&*publisher, delivery).await;
                     drop(permit);
                     let mut map = lanes.lock().expect("lane map lock");
-                    let queue = map.get_mut(&lane).expect("a running lane has an entry");
+                    let state = map.get_mut(&lane).expect("a running lane has an entry");
                     if engine.shutdown().is_cancelled() {
-                        // Left unacknowledged: the broker redelivers them.
-                        let left = queue.len() as i64;
+                        // Left unacknowledged: the broker delivers them again.
+                        let left = state.waiting.len() as i64;
                         engine.metrics().in_flight.dec_by(left);
-                        map.remove(&lane);
-                        break;
+                        state.waiting.clear();
                     }
-                    current = queue.pop_front();
+                    current = state.waiting.pop_front();
                     if current.is_none() {
-                        map.remove(&lane);
+                        state.running -= 1;
+                        if state.running == 0 {
+                            map.remove(&lane);
+                        }
                     }
                 }
             });
@@ -342,7 +360,7 @@ impl Engine {
                     () = tokio::time::sleep(REQUEUE_DELAY) => {}
                     () = self.shutdown().cancelled() => {}
                 }
-                ("requeue", ack.requeue().await)
+                ("requeue", ack.requeue(message).await)
             }
         };
         let (action, result) = settled;

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 pub struct DispatchOptions {
     /// Most deliveries held at once (received and not yet settled).
     pub max_in_flight: usize,
-    /// Process each [`Lane`](crate::dispatch::Lane) one delivery at a time, in order.
-    pub ordered: bool,
+    /// Most deliveries of one [`Lane`](crate::dispatch::Lane) running at once: `1` processes
+    /// each lane strictly in order, `k > 1` runs up to `k` per lane unordered, `0` ignores lanes.
+    pub lane_concurrency: usize,
 }
 
 /// Everything a connector needs from the core, built once at start.

@@ -379,7 +379,7 @@ impl crate::Acknowledger for MemoryAck {
         self.log.push(Event::Acked(self.id));
         Ok(())
     }
-    async fn requeue(self) -> Result<(), crate::BoxError> {
+    async fn requeue(self, _message: crate::Message) -> Result<(), crate::BoxError> {
         self.log.push(Event::Requeued(self.id));
         Ok(())
     }

@@ -82,7 +82,7 @@ async fn run_until_settled(
 fn unordered(n: usize) -> DispatchOptions {
     DispatchOptions {
         max_in_flight: n,
-        ordered: false,
+        lane_concurrency: 0,
     }
 }
 
@@ -170,7 +170,7 @@ async fn lanes_run_in_order_and_in_parallel() {
     sink.respond(|_| Reply::status(200).delay(Duration::from_millis(5)));
     let options = DispatchOptions {
         max_in_flight: 16,
-        ordered: true,
+        lane_concurrency: 1,
     };
     let engine = engine(&sink, options, &[]);
     let messages = (0..10)

@@ -145,7 +145,7 @@ async fn run_case(
         HeaderFamily::Keda,
         DispatchOptions {
             max_in_flight: 1,
-            ordered: false,
+            lane_concurrency: 0,
         },
         "golden-test",
     );

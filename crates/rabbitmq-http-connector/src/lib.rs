@@ -45,7 +45,7 @@ impl Connector for RabbitConnector {
     fn dispatch_options(&self) -> DispatchOptions {
         DispatchOptions {
             max_in_flight: usize::from(self.config.concurrent),
-            ordered: false,
+            lane_concurrency: 0,
         }
     }
 
@@ -294,7 +294,7 @@ impl Acknowledger for RabbitAck {
         Ok(())
     }
 
-    async fn requeue(self) -> Result<(), BoxError> {
+    async fn requeue(self, _message: Message) -> Result<(), BoxError> {
         self.0
             .nack(BasicNackOptions {
                 requeue: true,

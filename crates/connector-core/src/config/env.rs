@@ -9,6 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 pub trait Env {
     /// The raw value of `key`, or `None` when it is not set.
     fn get(&self, key: &str) -> Option<String>;
+
+    /// Every key that is set (for prefix pass-through such as `KAFKA_PROPERTY_*`).
+    fn keys(&self) -> Vec<String>;
 }
 
 /// The process environment. A value that is not valid UTF-8 is passed on with U+FFFD in place
@@ -20,6 +23,11 @@ impl Env for ProcessEnv {
     fn get(&self, key: &str) -> Option<String> {
         std::env::var_os(key).map(|v| v.to_string_lossy().into_owned())
     }
+    fn keys(&self) -> Vec<String> {
+        std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect()
+    }
 }
 
 impl<K: AsRef<str> + Eq + std::hash::Hash, V: AsRef<str>> Env for HashMap<K, V> {
@@ -28,6 +36,9 @@ impl<K: AsRef<str> + Eq + std::hash::Hash, V: AsRef<str>> Env for HashMap<K, V> 
             .find(|(k, _)| k.as_ref() == key)
             .map(|(_, v)| v.as_ref().to_owned())
     }
+    fn keys(&self) -> Vec<String> {
+        self.keys().map(|k| k.as_ref().to_owned()).collect()
+    }
 }
 
 impl<K: AsRef<str> + Ord, V: AsRef<str>> Env for BTreeMap<K, V> {
@@ -35,6 +46,9 @@ impl<K: AsRef<str> + Ord, V: AsRef<str>> Env for BTreeMap<K, V> {
         self.iter()
             .find(|(k, _)| k.as_ref() == key)
             .map(|(_, v)| v.as_ref().to_owned())
+    }
+    fn keys(&self) -> Vec<String> {
+        self.keys().map(|k| k.as_ref().to_owned()).collect()
     }
 }
 
@@ -47,11 +61,17 @@ impl<K: AsRef<str>, V: AsRef<str>> Env for [(K, V)] {
             .find(|(k, _)| k.as_ref() == key)
             .map(|(_, v)| v.as_ref().to_owned())
     }
+    fn keys(&self) -> Vec<String> {
+        self.iter().map(|(k, _)| k.as_ref().to_owned()).collect()
+    }
 }
 
 impl<K: AsRef<str>, V: AsRef<str>, const N: usize> Env for [(K, V); N] {
     fn get(&self, key: &str) -> Option<String> {
         Env::get(self.as_slice(), key)
+    }
+    fn keys(&self) -> Vec<String> {
+        Env::keys(self.as_slice())
     }
 }
 
@@ -59,10 +79,16 @@ impl<K: AsRef<str>, V: AsRef<str>> Env for Vec<(K, V)> {
     fn get(&self, key: &str) -> Option<String> {
         Env::get(self.as_slice(), key)
     }
+    fn keys(&self) -> Vec<String> {
+        Env::keys(self.as_slice())
+    }
 }
 
 impl<E: Env + ?Sized> Env for &E {
     fn get(&self, key: &str) -> Option<String> {
         (**self).get(key)
+    }
+    fn keys(&self) -> Vec<String> {
+        (**self).keys()
     }
 }

@@ -22,6 +22,21 @@ impl<'a> Vars<'a> {
         Self { env }
     }
 
+    /// Every set variable whose name starts with `prefix`, as (name, value), sorted by name.
+    pub fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut keys: Vec<String> = self
+            .env
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter_map(|k| self.env.get(&k).map(|v| (k, v)))
+            .collect()
+    }
+
     /// The value, or `None` when unset or empty.
     pub fn optional(&self, var: &str) -> Option<String> {
         self.env.get(var).filter(|v| !v.is_empty())

@@ -1,0 +1,355 @@
+//! Kafka glue for `connector-core`: a consumer-group member as the [`Source`], an idempotent
+//! `acks=all` producer as the [`Publisher`].
+//!
+//! Ack model: offsets are stored (`enable.auto.offset.store=false`) only for the contiguous
+//! prefix of settled records of each partition ([`tracker`]), and librdkafka commits the stored
+//! offsets every second, on partition revoke and on close. Records of one partition are
+//! processed in order (lane = partition) unless `PARTITION_CONCURRENCY` > 1. A record whose
+//! outcome could not be written is handed back to this source and processed again; its offset
+//! is not committed meanwhile.
+
+mod config;
+pub mod tracker;
+
+pub use config::{KafkaConfig, Sasl};
+
+use connector_core::config::{ConfigError, Env, Settings};
+use connector_core::headers::canonical_key;
+use connector_core::telemetry::Health;
+use connector_core::{
+    Acknowledger, BoxError, Connector, Delivery, Destination, DispatchEnd, DispatchOptions,
+    Engine, Lane, Message, Outbound, Publisher, Source,
+};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracker::OffsetTracker;
+
+/// The Kafka connector.
+#[derive(Debug)]
+pub struct KafkaConnector {
+    config: KafkaConfig,
+}
+
+impl Connector for KafkaConnector {
+    const NAME: &'static str = env!("CARGO_PKG_NAME");
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            config: KafkaConfig::from_env(env, settings)?,
+        })
+    }
+
+    fn dispatch_options(&self) -> DispatchOptions {
+        DispatchOptions {
+            max_in_flight: self.config.max_in_flight,
+            lane_concurrency: self.config.partition_concurrency,
+        }
+    }
+
+    async fn run(self, engine: Engine) -> Result<(), BoxError> {
+        let config = self.config;
+        if config.unsafe_ssl {
+            tracing::warn!("UNSAFE_SSL=true: the broker's certificate is not verified");
+        }
+        let tracker = Arc::new(OffsetTracker::default());
+        let context = Context {
+            tracker: tracker.clone(),
+            health: engine.health().clone(),
+        };
+        let mut consumer_config = client_config(&config);
+        consumer_config
+            .set("group.id", &config.group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", config.offset_reset)
+            .set("enable.partition.eof", "false");
+        apply_properties(&mut consumer_config, &config);
+        let consumer: Arc<StreamConsumer<Context>> =
+            Arc::new(consumer_config.create_with_context(context)?);
+        consumer.subscribe(&[config.topic.as_str()])?;
+
+        let mut producer_config = client_config(&config);
+        producer_config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "60000");
+        apply_properties(&mut producer_config, &config);
+        let producer: FutureProducer = producer_config.create()?;
+
+        let (requeue_tx, requeue_rx) = mpsc::unbounded_channel();
+        let mut source = KafkaSource {
+            consumer: consumer.clone(),
+            tracker,
+            topic: Arc::from(config.topic.as_str()),
+            key_header: config.key_header.clone(),
+            requeue_tx,
+            requeue_rx,
+            health: engine.health().clone(),
+        };
+        let publisher = Arc::new(KafkaPublisher { producer });
+        engine.health().set_ready(true);
+        tracing::info!(topic = %config.topic, group = %config.group, "consuming");
+        loop {
+            match engine.dispatch(&mut source, &publisher).await {
+                DispatchEnd::Shutdown => break,
+                // This source handles broker errors itself and does not end.
+                DispatchEnd::SourceEnded => continue,
+            }
+        }
+        engine.health().set_ready(false);
+        // Everything settled is stored; commit it now rather than waiting for the timer.
+        match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) => tracing::info!("final offsets committed"),
+            Err(e) => tracing::debug!(error = %e, "final commit (nothing to commit?)"),
+        }
+        drop(source);
+        drop(consumer);
+        Ok(())
+    }
+}
+
+fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in config.client_properties() {
+        c.set(k, v);
+    }
+    c.set_log_level(RDKafkaLogLevel::Warning);
+    c
+}
+
+fn apply_properties(c: &mut ClientConfig, config: &KafkaConfig) {
+    for (k, v) in &config.properties {
+        c.set(k, v);
+    }
+}
+
+/// Receives rebalance events: partitions that change hands start afresh in the tracker.
+struct Context {
+    tracker: Arc<OffsetTracker>,
+    health: Arc<Health>,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(facility = fac, "librdkafka: {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {message}"),
+            _ => tracing::debug!(facility = fac, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(error = %error, "librdkafka: {reason}");
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+impl ConsumerContext for Context {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let p = partitions(tpl);
+                tracing::info!(partitions = ?p, "partitions assigned");
+                self.tracker.reset(p);
+                self.health.set_ready(true);
+            }
+            Rebalance::Revoke(tpl) => {
+                let p = partitions(tpl);
+                tracing::info!(partitions = ?p, "partitions revoked");
+                self.tracker.reset(p);
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // "No offset stored" is the quiet case of a timer commit with nothing new.
+            if !e.to_string().contains("NoOffset") {
+                tracing::warn!(error = %e, "offset commit failed");
+            }
+        }
+    }
+}
+
+/// The consumer-group member.
+struct KafkaSource {
+    consumer: Arc<StreamConsumer<Context>>,
+    tracker: Arc<OffsetTracker>,
+    topic: Arc<str>,
+    key_header: Option<String>,
+    requeue_tx: mpsc::UnboundedSender<Delivery<(), KafkaAck>>,
+    requeue_rx: mpsc::UnboundedReceiver<Delivery<(), KafkaAck>>,
+    health: Arc<Health>,
+}
+
+impl Source for KafkaSource {
+    type Meta = ();
+    type Ack = KafkaAck;
+
+    async fn next(&mut self) -> connector_core::dispatch::NextDelivery<Self> {
+        let mut errors = 0u32;
+        loop {
+            // Records handed back (their outcome could not be written) go first.
+            if let Ok(d) = self.requeue_rx.try_recv() {
+                return Ok(Some(d));
+            }
+            let received = tokio::select! {
+                d = self.requeue_rx.recv() => match d {
+                    Some(d) => return Ok(Some(d)),
+                    None => unreachable!("the source holds a sender"),
+                },
+                r = self.consumer.recv() => r,
+            };
+            let record = match received {
+                Ok(record) => record,
+                Err(e) => {
+                    errors += 1;
+                    self.health.set_ready(false);
+                    let delay = Duration::from_millis(100 * u64::from(errors.min(50)));
+                    tracing::warn!(error = %e, retry_in = ?delay, "consuming from Kafka failed");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            if errors > 0 {
+                self.health.set_ready(true);
+            }
+            let partition = record.partition();
+            let offset = record.offset();
+            let key = record.key().map(bytes::Bytes::copy_from_slice);
+            let mut headers = Vec::new();
+            if let (Some(name), Some(k)) = (&self.key_header, record.key())
+                && let Ok(k) = std::str::from_utf8(k)
+            {
+                headers.push((name.clone(), k.to_owned()));
+            }
+            if let Some(h) = record.headers() {
+                // Text values only: the original dropped the others too (#93/#94).
+                for header in h.iter() {
+                    if let Some(Ok(v)) = header.value.map(std::str::from_utf8) {
+                        headers.push((header.key.to_owned(), v.to_owned()));
+                    }
+                }
+            }
+            let payload = record
+                .payload()
+                .map(bytes::Bytes::copy_from_slice)
+                .unwrap_or_default();
+            self.tracker.received(partition, offset);
+            return Ok(Some(Delivery {
+                message: Message {
+                    payload,
+                    headers,
+                    key,
+                    lane: Some(Lane(partition as u64)),
+                },
+                meta: (),
+                ack: KafkaAck {
+                    partition,
+                    offset,
+                    topic: self.topic.clone(),
+                    tracker: self.tracker.clone(),
+                    consumer: self.consumer.clone(),
+                    requeue: self.requeue_tx.clone(),
+                },
+            }));
+        }
+    }
+
+    async fn stop(&mut self) {
+        // Nothing to do: not calling recv() stops consumption, and the partitions must stay
+        // assigned until in-flight records are settled so their offsets can still be stored.
+    }
+}
+
+/// Settles one record by storing its partition's new contiguous position.
+pub struct KafkaAck {
+    partition: i32,
+    offset: i64,
+    topic: Arc<str>,
+    tracker: Arc<OffsetTracker>,
+    consumer: Arc<StreamConsumer<Context>>,
+    requeue: mpsc::UnboundedSender<Delivery<(), KafkaAck>>,
+}
+
+impl std::fmt::Debug for KafkaAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaAck")
+            .field("partition", &self.partition)
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+impl Acknowledger for KafkaAck {
+    async fn ack(self) -> Result<(), BoxError> {
+        let Some(next) = self.tracker.settled(self.partition, self.offset) else {
+            return Ok(());
+        };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(next))?;
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            // The partition was revoked meanwhile: its new owner resumes from the last commit.
+            tracing::debug!(error = %e, partition = self.partition, "offset not stored");
+        }
+        Ok(())
+    }
+
+    async fn requeue(self, message: Message) -> Result<(), BoxError> {
+        let requeue = self.requeue.clone();
+        requeue
+            .send(Delivery {
+                message,
+                meta: (),
+                ack: self,
+            })
+            .map_err(|_| "the source has stopped; the record will be redelivered after restart")?;
+        Ok(())
+    }
+}
+
+/// Writes responses and error documents; resolves on the broker's delivery report.
+struct KafkaPublisher {
+    producer: FutureProducer,
+}
+
+impl Publisher<()> for KafkaPublisher {
+    async fn publish(&self, record: Outbound<'_, ()>) -> Result<(), BoxError> {
+        let mut out = FutureRecord::<[u8], [u8]>::to(record.topic).payload(&record.body[..]);
+        // The source key keeps responses and errors in the source's partition order.
+        if let Some(key) = &record.message.key {
+            out = out.key(&key[..]);
+        }
+        if record.destination == Destination::Response && !record.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (name, value) in record.headers {
+                headers = headers.insert(Header {
+                    key: &canonical_key(name.as_str()),
+                    value: Some(value.as_bytes()),
+                });
+            }
+            out = out.headers(headers);
+        }
+        self.producer
+            .send(out, Duration::from_secs(5))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| Box::new(e) as BoxError)
+    }
+}

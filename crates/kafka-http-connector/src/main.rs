@@ -1,0 +1,5 @@
+//! `kafka-http-connector`: everything is in the library; see the README for configuration.
+
+fn main() -> std::process::ExitCode {
+    connector_core::app::main::<kafka_http_connector::KafkaConnector>()
+}
