@@ -458,3 +458,118 @@ impl crate::Publisher<usize> for MemoryPublisher {
 pub fn settings(pairs: &[(&str, &str)]) -> crate::Settings {
     crate::Settings::from_env(&pairs.to_vec()).unwrap_or_else(|e| panic!("test settings: {e}"))
 }
+
+/// A connector binary running as a child process, its stderr log lines captured so a test
+/// can wait for one (an event) instead of sleeping. Killed when dropped.
+#[derive(Debug)]
+pub struct Process {
+    child: tokio::process::Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    logged: Arc<Notify>,
+    limit: Duration,
+}
+
+impl Process {
+    /// Starts `binary` with exactly `env` (plus `ADMIN_ADDR=off` unless given).
+    pub fn start(binary: &str, env: &[(&str, String)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(binary);
+        cmd.env_clear()
+            .env("ADMIN_ADDR", "off")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+        let logged = Arc::new(Notify::new());
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let (l, n) = (logs.clone(), logged.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                l.lock().expect("lock").push(line);
+                n.notify_waiters();
+            }
+        });
+        Self {
+            child,
+            logs,
+            logged,
+            limit: Duration::from_secs(60),
+        }
+    }
+
+    /// Every log line so far, joined.
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("lock").join("\n")
+    }
+
+    /// Waits for the `times`-th log line containing `needle`.
+    pub async fn wait_log(&self, needle: &str, times: usize) {
+        let what = format!("log line {needle:?} x{times}");
+        let limit = self.limit;
+        let waited = tokio::time::timeout(
+            limit + Duration::from_secs(1),
+            wait_until(&self.logged, limit, &what, || {
+                let seen = self
+                    .logs
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .filter(|l| l.contains(needle))
+                    .count();
+                (seen >= times, seen)
+            }),
+        );
+        if waited.await.is_err() {
+            panic!("{what} never came; logs:\n{}", self.logs());
+        }
+    }
+
+    /// Sends a signal (`"-TERM"`, `"-KILL"`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill {sig} {pid}");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        match tokio::time::timeout(self.limit, self.child.wait()).await {
+            Ok(status) => status.expect("wait for child"),
+            Err(_) => panic!("the connector did not exit; logs:\n{}", self.logs()),
+        }
+    }
+
+    /// SIGTERM, and require a clean exit (0).
+    pub async fn stop(&mut self) {
+        self.signal("-TERM");
+        let status = self.wait_exit().await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit after SIGTERM; logs:\n{}",
+            self.logs()
+        );
+    }
+
+    /// SIGKILL and reap.
+    pub async fn kill(&mut self) {
+        self.signal("-KILL");
+        self.wait_exit().await;
+    }
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}

@@ -137,7 +137,10 @@ impl KafkaConfig {
                 Some(v) if v.contains("-----BEGIN ") => Ok(Some(v)),
                 Some(v) if secret => {
                     let _ = v;
-                    Err(ConfigError::invalid_secret(var, "PEM text (-----BEGIN ...)"))
+                    Err(ConfigError::invalid_secret(
+                        var,
+                        "PEM text (-----BEGIN ...)",
+                    ))
                 }
                 Some(v) => Err(ConfigError::invalid(var, "PEM text (-----BEGIN ...)", &v)),
             }
@@ -176,7 +179,9 @@ impl KafkaConfig {
             .filter(|(_, v)| !v.is_empty())
             .map(|(k, v)| {
                 (
-                    k[PROPERTY_PREFIX.len()..].to_ascii_lowercase().replace('_', "."),
+                    k[PROPERTY_PREFIX.len()..]
+                        .to_ascii_lowercase()
+                        .replace('_', "."),
                     v,
                 )
             })
@@ -204,7 +209,8 @@ impl KafkaConfig {
 
     /// librdkafka properties shared by the consumer and the producer (connection and security).
     pub fn client_properties(&self) -> Vec<(String, String)> {
-        let mut p: Vec<(String, String)> = vec![("bootstrap.servers".into(), self.brokers.join(","))];
+        let mut p: Vec<(String, String)> =
+            vec![("bootstrap.servers".into(), self.brokers.join(","))];
         let protocol = match (self.tls, self.sasl != Sasl::None) {
             (false, false) => "plaintext",
             (true, false) => "ssl",
@@ -246,10 +252,7 @@ impl KafkaConfig {
                 p.push(("ssl.key.password".into(), pw.expose().to_owned()));
             }
             if self.unsafe_ssl {
-                p.push((
-                    "enable.ssl.certificate.verification".into(),
-                    "false".into(),
-                ));
+                p.push(("enable.ssl.certificate.verification".into(), "false".into()));
             }
         }
         p
@@ -285,7 +288,10 @@ mod tests {
     fn defaults() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.brokers, ["a:9092", "b:9092"]);
-        assert_eq!((c.offset_reset, c.sasl, c.tls), ("latest", Sasl::None, false));
+        assert_eq!(
+            (c.offset_reset, c.sasl, c.tls),
+            ("latest", Sasl::None, false)
+        );
         assert_eq!((c.max_in_flight, c.partition_concurrency), (100, 1));
         assert_eq!(c.key_header.as_deref(), Some(DEFAULT_KEY_HEADER));
         assert_eq!(prop(&c, "security.protocol").as_deref(), Some("plaintext"));
@@ -303,7 +309,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.sasl, Sasl::ScramSha512);
         assert_eq!(prop(&c, "security.protocol").as_deref(), Some("sasl_ssl"));
-        assert_eq!(prop(&c, "sasl.mechanisms").as_deref(), Some("SCRAM-SHA-512"));
+        assert_eq!(
+            prop(&c, "sasl.mechanisms").as_deref(),
+            Some("SCRAM-SHA-512")
+        );
         assert_eq!(prop(&c, "sasl.password").as_deref(), Some("p"));
         assert_eq!(parse(&[("SASL", "none")]).unwrap().sasl, Sasl::None);
         assert!(!parse(&[("TLS", "disable")]).unwrap().tls);
@@ -316,22 +325,38 @@ mod tests {
             (vec![("BROKER_LIST", "x:1")], "BOOTSTRAP_SERVERS"),
             (vec![("BOOTSTRAP_SERVERS", " , ")], "BOOTSTRAP_SERVERS"),
             (vec![("CONSUMER_GROUP", "")], "CONSUMER_GROUP"),
-            (vec![("OFFSET_RESET_POLICY", "oldest")], "OFFSET_RESET_POLICY"),
+            (
+                vec![("OFFSET_RESET_POLICY", "oldest")],
+                "OFFSET_RESET_POLICY",
+            ),
             (vec![("SASL", "gssapi")], "SASL"),
             (vec![("SASL", "plaintext")], "USERNAME"),
             (vec![("SASL", "plaintext"), ("USERNAME", "u")], "PASSWORD"),
             (vec![("TLS", "yes please")], "TLS"),
             (vec![("TLS", "enable"), ("CA", "not pem")], "CA"),
-            (vec![("TLS", "enable"), ("KEY", "-----BEGIN PRIVATE KEY-----")], "CERT"),
+            (
+                vec![("TLS", "enable"), ("KEY", "-----BEGIN PRIVATE KEY-----")],
+                "CERT",
+            ),
             (vec![("MAX_IN_FLIGHT", "0")], "MAX_IN_FLIGHT"),
-            (vec![("PARTITION_CONCURRENCY", "x")], "PARTITION_CONCURRENCY"),
-            (vec![("MESSAGE_KEY_HEADER", "bad header")], "MESSAGE_KEY_HEADER"),
+            (
+                vec![("PARTITION_CONCURRENCY", "x")],
+                "PARTITION_CONCURRENCY",
+            ),
+            (
+                vec![("MESSAGE_KEY_HEADER", "bad header")],
+                "MESSAGE_KEY_HEADER",
+            ),
         ] {
             let e = parse(&extra).unwrap_err();
             assert_eq!(e.var(), var, "{extra:?}: {e}");
         }
-        let e = parse(&[("TLS", "enable"), ("KEY", "s3cret-key-bytes"), ("CERT", "-----BEGIN C")])
-            .unwrap_err();
+        let e = parse(&[
+            ("TLS", "enable"),
+            ("KEY", "s3cret-key-bytes"),
+            ("CERT", "-----BEGIN C"),
+        ])
+        .unwrap_err();
         assert!(!e.to_string().contains("s3cret"));
     }
 
@@ -349,6 +374,9 @@ mod tests {
         let s = Settings::from_env(&env).unwrap();
         let c = KafkaConfig::from_env(&env, &s).unwrap();
         assert_eq!(c.brokers, ["old:9092"]);
-        assert_eq!(c.properties, [("fetch.max.bytes".to_owned(), "1048576".to_owned())]);
+        assert_eq!(
+            c.properties,
+            [("fetch.max.bytes".to_owned(), "1048576".to_owned())]
+        );
     }
 }

@@ -17,8 +17,8 @@ use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::headers::canonical_key;
 use connector_core::telemetry::Health;
 use connector_core::{
-    Acknowledger, BoxError, Connector, Delivery, Destination, DispatchEnd, DispatchOptions,
-    Engine, Lane, Message, Outbound, Publisher, Source,
+    Acknowledger, BoxError, Connector, Delivery, Destination, DispatchEnd, DispatchOptions, Engine,
+    Lane, Message, Outbound, Publisher, Source,
 };
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};

@@ -2,7 +2,7 @@
 //! `AMQP_URL`), with the connector running as a separate process.
 //! Start the broker with `rabbitmq-server -detached` if these fail to connect.
 
-use connector_core::testkit::{Reply, Sink};
+use connector_core::testkit::{Process, Reply, Sink, free_port};
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -10,14 +10,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::collections::{BTreeMap, HashMap};
-use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
-use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(60);
 const BIN: &str = env!("CARGO_BIN_EXE_rabbitmq-http-connector");
@@ -177,94 +173,6 @@ impl Drop for Queues {
     }
 }
 
-/// The connector binary as a child process, with its log lines captured.
-struct Proc {
-    child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
-    logged: Arc<Notify>,
-}
-
-impl Proc {
-    fn start(env: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(BIN);
-        cmd.env_clear()
-            .env("ADMIN_ADDR", "off")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("start the connector binary");
-        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
-        let logged = Arc::new(Notify::new());
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (l, n) = (logs.clone(), logged.clone());
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                l.lock().unwrap().push(line);
-                n.notify_waiters();
-            }
-        });
-        Self {
-            child,
-            logs,
-            logged,
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-
-    /// Waits for the `times`-th log line containing `needle`.
-    async fn wait_log(&self, needle: &str, times: usize) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let notified = self.logged.notified();
-            let seen = self
-                .logs
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains(needle))
-                .count();
-            if seen >= times {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("no log line {needle:?} (x{times}); logs:\n{}", self.logs());
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    async fn wait_exit(&mut self) -> ExitStatus {
-        tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("connector did not exit; logs:\n{}", self.logs()))
-            .unwrap()
-    }
-
-    /// SIGTERM, and require a clean exit.
-    async fn stop(&mut self) {
-        self.signal("-TERM");
-        let status = self.wait_exit().await;
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "exit after SIGTERM; logs:\n{}",
-            self.logs()
-        );
-    }
-}
-
 fn env(q: &Queues, sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     let mut v: Vec<(&'static str, String)> = vec![
         ("HOST", amqp_url()),
@@ -313,7 +221,7 @@ async fn happy_path_responses_byte_equal_with_properties_and_headers() {
         body.extend_from_slice(&[0xff, 0x00, 0xfe]);
         q.publish(&body, props).await;
     }
-    let mut proc = Proc::start(&env(&q, &sink, &[]));
+    let mut proc = Process::start(BIN, &env(&q, &sink, &[]));
     let responses = q.take(&q.response, n, WAIT).await;
     assert_eq!(responses.len(), n);
     let mut seen = HashMap::new();
@@ -381,7 +289,7 @@ async fn persistent_failure_goes_to_error_queue_and_is_acked() {
         )
         .await;
     }
-    let mut proc = Proc::start(&env(&q, &sink, &[]));
+    let mut proc = Process::start(BIN, &env(&q, &sink, &[]));
     let errors = q.take(&q.error, 5, WAIT).await;
     let endpoint = sink.url("/fission-function/fn");
     let mut ns = Vec::new();
@@ -441,15 +349,18 @@ async fn error_document_through_the_broker_matches_the_golden_bytes() {
         .replace("golden-resp", &q.response)
         .replace("golden-err", &q.error);
     q.publish(&input, BasicProperties::default()).await;
-    let mut proc = Proc::start(&env(
-        &q,
-        &sink,
-        &[
-            ("ERROR_DOC_EXTRAS", "false"),
-            ("SOURCE_NAME", "golden-src"),
-            ("HTTP_ENDPOINT", &sink.url("/fission-function/golden-fn")),
-        ],
-    ));
+    let mut proc = Process::start(
+        BIN,
+        &env(
+            &q,
+            &sink,
+            &[
+                ("ERROR_DOC_EXTRAS", "false"),
+                ("SOURCE_NAME", "golden-src"),
+                ("HTTP_ENDPOINT", &sink.url("/fission-function/golden-fn")),
+            ],
+        ),
+    );
     let got = q.take(&q.error, 1, WAIT).await;
     assert_eq!(String::from_utf8_lossy(&got[0].data), expected);
     proc.stop().await;
@@ -482,7 +393,7 @@ async fn without_destinations_everything_is_acked() {
     }
     let mut e = env(&q, &sink, &[("MAX_RETRIES", "0")]);
     e.retain(|(k, _)| *k != "RESPONSE_TOPIC" && *k != "ERROR_TOPIC");
-    let mut proc = Proc::start(&e);
+    let mut proc = Process::start(BIN, &e);
     sink.wait_for_requests(10, WAIT).await;
     proc.stop().await;
     assert_eq!(
@@ -505,7 +416,7 @@ async fn never_more_than_concurrent_unacked() {
         q.publish(format!("m{i}").as_bytes(), BasicProperties::default())
             .await;
     }
-    let mut proc = Proc::start(&env(&q, &sink, &[("CONCURRENT", "3")]));
+    let mut proc = Process::start(BIN, &env(&q, &sink, &[("CONCURRENT", "3")]));
     sink.wait_for_in_flight(3, WAIT).await;
     // The broker handed out exactly CONCURRENT deliveries: prefetch bounds what the pod holds.
     assert_eq!(q.ready(&q.source).await, 17);
@@ -533,7 +444,7 @@ async fn sigterm_under_load_loses_nothing() {
             .await;
     }
     let e = env(&q, &sink, &[("CONCURRENT", "5")]);
-    let mut first = Proc::start(&e);
+    let mut first = Process::start(BIN, &e);
     sink.wait_for_requests(60, WAIT).await;
     first.stop().await;
     let before_restart = sink.count();
@@ -541,7 +452,7 @@ async fn sigterm_under_load_loses_nothing() {
         before_restart < n,
         "stopped under load ({before_restart} of {n} invoked)"
     );
-    let mut second = Proc::start(&e);
+    let mut second = Process::start(BIN, &e);
     let responses = q.take(&q.response, n, WAIT).await;
     let mut counts: HashMap<String, usize> = HashMap::new();
     for d in &responses {
@@ -603,7 +514,7 @@ async fn reconnects_after_the_connection_is_cut() {
     let sink = Sink::start().await;
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let host = amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port));
-    let mut proc = Proc::start(&env(&q, &sink, &[("HOST", &host)]));
+    let mut proc = Process::start(BIN, &env(&q, &sink, &[("HOST", &host)]));
     for i in 0..5 {
         q.publish(format!("a{i}").as_bytes(), BasicProperties::default())
             .await;
@@ -653,7 +564,7 @@ async fn missing_source_queue_exits_nonzero_naming_topic() {
         ("MAX_RETRIES", "0".into()),
         ("CONTENT_TYPE", "text/plain".into()),
     ];
-    let mut proc = Proc::start(&e);
+    let mut proc = Process::start(BIN, &e);
     let status = proc.wait_exit().await;
     assert_eq!(status.code(), Some(1));
     assert!(proc.logs().contains("TOPIC: queue"), "{}", proc.logs());
@@ -727,14 +638,6 @@ fn version_flag() {
     assert_eq!(out.status.code(), Some(64));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A plain HTTP/1.0 GET; returns (status, body).
 async fn get(port: u16, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -769,14 +672,17 @@ async fn admin_endpoints_report_liveness_readiness_and_counts() {
     let sink = Sink::start().await;
     let admin = free_port();
     let closed = free_port();
-    let mut down = Proc::start(&[
-        ("HOST", format!("amqp://guest:guest@127.0.0.1:{closed}/%2f")),
-        ("TOPIC", "q".into()),
-        ("HTTP_ENDPOINT", sink.url("/")),
-        ("MAX_RETRIES", "0".into()),
-        ("CONTENT_TYPE", "text/plain".into()),
-        ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
-    ]);
+    let mut down = Process::start(
+        BIN,
+        &[
+            ("HOST", format!("amqp://guest:guest@127.0.0.1:{closed}/%2f")),
+            ("TOPIC", "q".into()),
+            ("HTTP_ENDPOINT", sink.url("/")),
+            ("MAX_RETRIES", "0".into()),
+            ("CONTENT_TYPE", "text/plain".into()),
+            ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
+        ],
+    );
     down.wait_log("cannot consume from RabbitMQ", 1).await;
     assert_eq!(get(admin, "/healthz").await.0, 200);
     assert_eq!(get(admin, "/readyz").await.0, 503);
@@ -795,14 +701,17 @@ async fn admin_endpoints_report_liveness_readiness_and_counts() {
         q.publish(body.as_bytes(), BasicProperties::default()).await;
     }
     let admin = free_port();
-    let mut proc = Proc::start(&env(
-        &q,
-        &sink,
-        &[
-            ("ADMIN_ADDR", &format!("127.0.0.1:{admin}")),
-            ("MAX_RETRIES", "2"),
-        ],
-    ));
+    let mut proc = Process::start(
+        BIN,
+        &env(
+            &q,
+            &sink,
+            &[
+                ("ADMIN_ADDR", &format!("127.0.0.1:{admin}")),
+                ("MAX_RETRIES", "2"),
+            ],
+        ),
+    );
     proc.wait_log("\"consuming\"", 1).await;
     assert_eq!(get(admin, "/readyz").await.0, 200);
     q.take(&q.response, 3, WAIT).await;
@@ -830,7 +739,7 @@ async fn unwritable_response_requeues_instead_of_losing_the_message() {
     let ch = broker().await;
     let q = Queues::new(&ch).await;
     let sink = Sink::start().await;
-    let mut proc = Proc::start(&env(&q, &sink, &[]));
+    let mut proc = Process::start(BIN, &env(&q, &sink, &[]));
     proc.wait_log("\"consuming\"", 1).await;
     // The response queue disappears while the connector runs: responses become unroutable.
     ch.queue_delete(q.response.as_str().into(), QueueDeleteOptions::default())
