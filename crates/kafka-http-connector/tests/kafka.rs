@@ -646,3 +646,70 @@ async fn bad_env_values_exit_78_with_one_line_and_no_secret() {
         assert!(!stderr.contains(secret));
     }
 }
+
+#[tokio::test]
+async fn error_record_matches_the_original_byte_for_byte() {
+    let b = Backend::mock();
+    let n = setup(&b, 1).await;
+    let sink = Sink::start().await;
+    sink.respond(|_| {
+        Reply::status(404)
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .body("not found <&>")
+    });
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden");
+    let input = std::fs::read(root.join("kafka-404.input.bin")).unwrap();
+    let golden =
+        String::from_utf8(std::fs::read(root.join("kafka-404.error-record.value.bin")).unwrap())
+            .unwrap();
+    // The original ran with these names and sink port; substitute ours.
+    let expected = golden
+        .replace("127.0.0.1:28592", &sink.addr().to_string())
+        .replace("golden-in", &n.source)
+        .replace("golden-resp", &n.response)
+        .replace("golden-err", &n.error);
+    let traceparent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    produce(
+        &b,
+        &n.source,
+        &[Record {
+            partition: None,
+            key: Some("golden-key"),
+            payload: input,
+            headers: vec![
+                ("traceparent", traceparent),
+                ("Content-Type", b"text/plain"),
+                ("X-Bin", b"\xff\x00"),
+            ],
+        }],
+    )
+    .await;
+    let mut proc = Process::start(
+        BIN,
+        &env(
+            &b,
+            &n,
+            &sink,
+            &[
+                ("MAX_RETRIES", "1"),
+                ("SOURCE_NAME", "golden-src"),
+                ("ERROR_DOC_EXTRAS", "false"),
+                // The key header is ours; without it the request headers are the original's.
+                ("MESSAGE_KEY_HEADER", "off"),
+                ("HTTP_ENDPOINT", &sink.url("/fission-function/golden-fn")),
+            ],
+        ),
+    );
+    let got = read(&b, &n.error, 1, 1).await;
+    assert_eq!(
+        std::str::from_utf8(got[0].payload().unwrap()).unwrap(),
+        expected
+    );
+    assert_eq!(
+        got[0].key(),
+        Some(&b"golden-key"[..]),
+        "unlike the original, the key is kept"
+    );
+    assert_eq!(sink.count(), 2);
+    proc.stop().await;
+}
