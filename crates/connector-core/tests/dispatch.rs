@@ -306,3 +306,37 @@ async fn no_destinations_means_ack_without_publish() {
     events.sort_by_key(|e| format!("{e:?}"));
     assert_eq!(events, vec![Event::Acked(0), Event::Acked(1)]);
 }
+
+#[tokio::test]
+async fn lane_concurrency_bounds_each_lane_without_ordering() {
+    let sink = Sink::start().await;
+    sink.set_gate(false);
+    let options = DispatchOptions {
+        max_in_flight: 50,
+        lane_concurrency: 2,
+    };
+    let engine = engine(&sink, options, &[]);
+    // Two lanes of 10: at most 2 of each run at once.
+    let messages = (0..10)
+        .flat_map(|i| (0..2u64).map(move |lane| msg(&format!("{lane}:{i}"), Some(lane))))
+        .collect();
+    let Running { run, log, .. } = start_dispatch(&engine, messages, |_| {});
+    sink.wait_for_in_flight(4, WAIT).await;
+    let held: Vec<String> = sink
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8(r.body.to_vec()).unwrap())
+        .collect();
+    assert_eq!(held.iter().filter(|b| b.starts_with("0:")).count(), 2);
+    assert_eq!(held.iter().filter(|b| b.starts_with("1:")).count(), 2);
+    assert_eq!(
+        taken.load(Ordering::SeqCst),
+        20,
+        "the rest wait in their lanes"
+    );
+    sink.set_gate(true);
+    log.wait_for_settled(20, WAIT).await;
+    assert_eq!(sink.max_in_flight(), 4);
+    engine.shutdown().cancel();
+    run.await.unwrap();
+}
