@@ -329,11 +329,6 @@ async fn lane_concurrency_bounds_each_lane_without_ordering() {
         .collect();
     assert_eq!(held.iter().filter(|b| b.starts_with("0:")).count(), 2);
     assert_eq!(held.iter().filter(|b| b.starts_with("1:")).count(), 2);
-    assert_eq!(
-        taken.load(Ordering::SeqCst),
-        20,
-        "the rest wait in their lanes"
-    );
     sink.set_gate(true);
     log.wait_for_settled(20, WAIT).await;
     assert_eq!(sink.max_in_flight(), 4);
