@@ -75,6 +75,7 @@ impl Connector for KafkaConnector {
         apply_properties(&mut consumer_config, &config);
         let consumer: Arc<StreamConsumer<Context>> =
             Arc::new(consumer_config.create_with_context(context)?);
+        check_topics(&consumer, &engine).await?;
         consumer.subscribe(&[config.topic.as_str()])?;
 
         let mut producer_config = client_config(&config);
@@ -115,6 +116,48 @@ impl Connector for KafkaConnector {
         drop(consumer);
         Ok(())
     }
+}
+
+/// A topic that does not exist is reported at start, naming its variable, rather than failing
+/// every write a minute later. An unreachable broker is not an error here: the consumer keeps
+/// retrying and readiness says so.
+async fn check_topics(
+    consumer: &Arc<StreamConsumer<Context>>,
+    engine: &Engine,
+) -> Result<(), BoxError> {
+    let common = &engine.settings().common;
+    let mut wanted = vec![("TOPIC", common.topic.clone())];
+    wanted.extend(common.response_topic.clone().map(|t| ("RESPONSE_TOPIC", t)));
+    wanted.extend(common.error_topic.clone().map(|t| ("ERROR_TOPIC", t)));
+    for (var, topic) in wanted {
+        let c = consumer.clone();
+        let t = topic.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(Some(&t), Duration::from_secs(10))
+        })
+        .await?;
+        match metadata {
+            Ok(m) => {
+                let missing = m.topics().iter().any(|mt| {
+                    mt.name() == topic
+                        && matches!(
+                            mt.error().map(rdkafka::types::RDKafkaRespErr::from),
+                            Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                        )
+                });
+                if missing {
+                    return Err(
+                        format!("{var}: topic {topic:?} does not exist on the broker").into(),
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %topic, "cannot read topic metadata yet");
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn client_config(config: &KafkaConfig) -> ClientConfig {

@@ -713,3 +713,19 @@ async fn error_record_matches_the_original_byte_for_byte() {
     assert_eq!(sink.count(), 2);
     proc.stop().await;
 }
+
+#[tokio::test]
+async fn missing_destination_topic_exits_nonzero_naming_it() {
+    let b = Backend::tansu().await;
+    let n = setup(&b, 1).await;
+    let sink = Sink::start().await;
+    let missing = unique("no-such-topic");
+    let mut proc = Process::start(BIN, &env(&b, &n, &sink, &[("RESPONSE_TOPIC", &missing)]));
+    let status = proc.wait_exit().await;
+    assert_eq!(status.code(), Some(1), "{}", proc.logs());
+    assert!(
+        proc.logs().contains("RESPONSE_TOPIC: topic"),
+        "{}",
+        proc.logs()
+    );
+}
