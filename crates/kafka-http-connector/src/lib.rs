@@ -141,7 +141,7 @@ async fn check_topics(
                 let missing = m.topics().iter().any(|mt| {
                     mt.name() == topic
                         && matches!(
-                            mt.error().map(rdkafka::types::RDKafkaRespErr::from),
+                            mt.error(),
                             Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
                         )
                 });
