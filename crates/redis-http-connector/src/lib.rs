@@ -1,0 +1,358 @@
+//! Redis glue for `connector-core`: a reliable list queue.
+//!
+//! Each message is moved atomically (`BLMOVE`) from the source list `TOPIC` into this
+//! consumer's processing list, handled, its outcome `RPUSH`ed to the response or error list, and
+//! only then removed from the processing list (`LREM`). Nothing is lost when the process dies:
+//! whatever is left in a processing list goes back to the head of the source list — at start
+//! for this consumer's own list, and for any consumer whose heartbeat key has expired, by every
+//! consumer at start and periodically. (The original popped with `BLPOP` and lost in-flight
+//! messages on a crash.)
+
+mod config;
+
+pub use config::{RedisConfig, processing_list};
+
+use connector_core::config::{ConfigError, Env, Settings};
+use connector_core::telemetry::Health;
+use connector_core::{
+    Acknowledger, BoxError, Connector, Delivery, DispatchOptions, Engine, Message, Outbound,
+    Publisher, Source,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Direction};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken as Stop;
+
+/// How long one `BLMOVE` blocks; bounds how quickly the fetcher notices shutdown.
+const BLOCK: f64 = 1.0;
+/// A consumer whose heartbeat key is older than this is presumed dead.
+const HEARTBEAT_TTL: Duration = Duration::from_secs(30);
+/// How often the heartbeat is renewed and orphaned processing lists are swept.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+
+/// The Redis connector.
+#[derive(Debug)]
+pub struct RedisConnector {
+    config: RedisConfig,
+}
+
+impl Connector for RedisConnector {
+    const NAME: &'static str = env!("CARGO_PKG_NAME");
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            config: RedisConfig::from_env(env, settings)?,
+        })
+    }
+
+    fn dispatch_options(&self) -> DispatchOptions {
+        DispatchOptions {
+            max_in_flight: self.config.max_in_flight,
+            lane_concurrency: 0,
+        }
+    }
+
+    async fn run(self, engine: Engine) -> Result<(), BoxError> {
+        let config = Arc::new(self.config);
+        let client = redis::Client::open(config.url.expose())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(BLOCK as u64 + 10)))
+            .set_max_delay(Duration::from_secs(10));
+        // Two connections: a blocking BLMOVE would stall every other command on a shared one.
+        let mut backoff = connector_core::backoff::ReconnectBackoff::default();
+        let (blocking, commands) = loop {
+            let connected = tokio::select! {
+                c = async {
+                    let a = client.get_connection_manager_with_config(manager_config.clone()).await?;
+                    let b = client.get_connection_manager_with_config(manager_config.clone()).await?;
+                    Ok::<_, redis::RedisError>((a, b))
+                } => c,
+                () = engine.shutdown().cancelled() => return Ok(()),
+            };
+            match connected {
+                Ok(c) => break c,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::error!(error = %e, retry_in = ?delay, "cannot connect to Redis");
+                    if !engine.sleep_unless_shutdown(delay).await {
+                        return Ok(());
+                    }
+                }
+            }
+        };
+
+        let mut conn = commands.clone();
+        heartbeat(&mut conn, &config).await?;
+        let own = config.processing_list();
+        let returned = return_to_source(&mut conn, &own, &config.list).await?;
+        if returned > 0 {
+            tracing::warn!(returned, list = %own, "returned unfinished messages of a previous run");
+        }
+        recover_orphans(&mut conn, &config).await;
+
+        let stop = Stop::new();
+        let upkeep = tokio::spawn(upkeep(commands.clone(), config.clone(), stop.clone()));
+        let (tx, rx) = mpsc::channel(1);
+        let fetcher = tokio::spawn(fetch(
+            blocking,
+            config.clone(),
+            tx,
+            stop.clone(),
+            engine.health().clone(),
+        ));
+        let mut source = RedisSource {
+            rx,
+            stop: stop.clone(),
+            fetcher: Some(fetcher),
+            commands: commands.clone(),
+            config: config.clone(),
+        };
+        let publisher = Arc::new(RedisPublisher {
+            conn: commands.clone(),
+        });
+        engine.health().set_ready(true);
+        tracing::info!(list = %config.list, processing = %own, "consuming");
+        while engine.dispatch(&mut source, &publisher).await
+            != connector_core::DispatchEnd::Shutdown
+        {}
+        engine.health().set_ready(false);
+        stop.cancel();
+        let _ = upkeep.await;
+        // Whatever is still in the processing list was not finished (the drain budget ran out,
+        // or the fetcher took one more): hand it back for another consumer.
+        let returned = return_to_source(&mut conn, &own, &config.list).await?;
+        if returned > 0 {
+            tracing::warn!(returned, "returned unfinished messages to the source list");
+        }
+        let _: Result<(), _> = conn.del(config.heartbeat_key()).await;
+        Ok(())
+    }
+}
+
+async fn heartbeat(conn: &mut ConnectionManager, config: &RedisConfig) -> redis::RedisResult<()> {
+    conn.pset_ex(
+        config.heartbeat_key(),
+        "alive",
+        HEARTBEAT_TTL.as_millis() as u64,
+    )
+    .await
+}
+
+/// Moves everything from `from` back to the head of `to`, oldest first at the head, so the
+/// original order is kept. Returns how many moved.
+async fn return_to_source(
+    conn: &mut ConnectionManager,
+    from: &str,
+    to: &str,
+) -> redis::RedisResult<usize> {
+    let mut moved = 0;
+    loop {
+        let item: Option<Vec<u8>> = conn
+            .lmove(from, to, Direction::Right, Direction::Left)
+            .await?;
+        if item.is_none() {
+            return Ok(moved);
+        }
+        moved += 1;
+    }
+}
+
+/// Returns the processing lists of consumers whose heartbeat has expired.
+async fn recover_orphans(conn: &mut ConnectionManager, config: &RedisConfig) {
+    let pattern = processing_list(&config.list, "*");
+    let prefix = processing_list(&config.list, "");
+    let lists: Vec<String> = match conn.scan_match::<_, String>(&pattern).await {
+        Ok(mut iter) => {
+            let mut v = Vec::new();
+            while let Some(item) = iter.next_item().await {
+                if let Ok(name) = item {
+                    v.push(name);
+                }
+            }
+            v
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot scan for orphaned processing lists");
+            return;
+        }
+    };
+    for list in lists {
+        let Some(consumer) = list.strip_prefix(&prefix) else {
+            continue;
+        };
+        if consumer == config.consumer_id {
+            continue;
+        }
+        let alive: bool = conn
+            .exists(format!("{}:consumer:{consumer}", config.list))
+            .await
+            .unwrap_or(true);
+        if alive {
+            continue;
+        }
+        match return_to_source(conn, &list, &config.list).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                returned = n,
+                consumer,
+                "recovered messages of a dead consumer"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, consumer, "recovering a dead consumer's messages failed")
+            }
+        }
+    }
+}
+
+/// Renews the heartbeat and sweeps orphans until stopped.
+async fn upkeep(mut conn: ConnectionManager, config: Arc<RedisConfig>, stop: Stop) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            () = stop.cancelled() => return,
+        }
+        if let Err(e) = heartbeat(&mut conn, &config).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+        recover_orphans(&mut conn, &config).await;
+    }
+}
+
+/// Moves messages into the processing list and hands them over, one at a time. Runs as its own
+/// task so that a shutdown never abandons a `BLMOVE` half-way: it finishes the current one and
+/// stops, and the caller then returns what is left in the processing list.
+async fn fetch(
+    mut conn: ConnectionManager,
+    config: Arc<RedisConfig>,
+    tx: mpsc::Sender<Vec<u8>>,
+    stop: Stop,
+    health: Arc<Health>,
+) {
+    let processing = config.processing_list();
+    let mut backoff = connector_core::backoff::ReconnectBackoff::default();
+    while !stop.is_cancelled() {
+        let moved: redis::RedisResult<Option<Vec<u8>>> = conn
+            .blmove(
+                &config.list,
+                &processing,
+                Direction::Left,
+                Direction::Right,
+                BLOCK,
+            )
+            .await;
+        match moved {
+            Ok(Some(item)) => {
+                backoff.reset();
+                health.set_ready(true);
+                tokio::select! {
+                    sent = tx.send(item) => if sent.is_err() { return },
+                    // Left in the processing list; returned to the source after the drain.
+                    () = stop.cancelled() => return,
+                }
+            }
+            Ok(None) => health.set_ready(true),
+            Err(e) => {
+                health.set_ready(false);
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "reading from Redis failed");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Hands over what the fetcher moved.
+struct RedisSource {
+    rx: mpsc::Receiver<Vec<u8>>,
+    stop: Stop,
+    fetcher: Option<tokio::task::JoinHandle<()>>,
+    commands: ConnectionManager,
+    config: Arc<RedisConfig>,
+}
+
+impl Source for RedisSource {
+    type Meta = ();
+    type Ack = RedisAck;
+
+    async fn next(&mut self) -> connector_core::dispatch::NextDelivery<Self> {
+        let Some(item) = self.rx.recv().await else {
+            return Ok(None);
+        };
+        let payload = bytes::Bytes::from(item);
+        Ok(Some(Delivery {
+            message: Message {
+                payload: payload.clone(),
+                ..Default::default()
+            },
+            meta: (),
+            ack: RedisAck {
+                payload,
+                conn: self.commands.clone(),
+                config: self.config.clone(),
+            },
+        }))
+    }
+
+    async fn stop(&mut self) {
+        self.stop.cancel();
+        if let Some(f) = self.fetcher.take() {
+            let _ = f.await;
+        }
+    }
+}
+
+/// Removes a finished message from the processing list.
+pub struct RedisAck {
+    payload: bytes::Bytes,
+    conn: ConnectionManager,
+    config: Arc<RedisConfig>,
+}
+
+impl std::fmt::Debug for RedisAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisAck { .. }")
+    }
+}
+
+impl Acknowledger for RedisAck {
+    async fn ack(mut self) -> Result<(), BoxError> {
+        let _: usize = self
+            .conn
+            .lrem(self.config.processing_list(), 1, &self.payload[..])
+            .await?;
+        Ok(())
+    }
+
+    async fn requeue(mut self, _message: Message) -> Result<(), BoxError> {
+        // Back to the head of the source list, atomically with leaving the processing list.
+        let _: () = redis::pipe()
+            .atomic()
+            .lrem(self.config.processing_list(), 1, &self.payload[..])
+            .ignore()
+            .lpush(&self.config.list, &self.payload[..])
+            .ignore()
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// `RPUSH`es responses and error documents.
+struct RedisPublisher {
+    conn: ConnectionManager,
+}
+
+impl Publisher<()> for RedisPublisher {
+    async fn publish(&self, record: Outbound<'_, ()>) -> Result<(), BoxError> {
+        let mut conn = self.conn.clone();
+        let _: usize = conn.rpush(record.topic, &record.body[..]).await?;
+        Ok(())
+    }
+}
