@@ -46,11 +46,18 @@ fn cargo(args: &[&str]) -> Result<(), String> {
 }
 
 /// The brokers the test suite talks to, and how to start each one.
-const BROKERS: &[(&str, &str, &str)] = &[(
-    "RabbitMQ",
-    "127.0.0.1:5672",
-    "rabbitmq-server -detached   (Debian: apt-get install rabbitmq-server)",
-)];
+const BROKERS: &[(&str, &str, &str)] = &[
+    (
+        "RabbitMQ",
+        "127.0.0.1:5672",
+        "rabbitmq-server -detached   (Debian: apt-get install rabbitmq-server)",
+    ),
+    (
+        "Redis",
+        "127.0.0.1:6379",
+        "redis-server --daemonize yes --port 6379 --save \"\"   (Debian: apt-get install redis-server)",
+    ),
+];
 
 fn test(extra: &[String]) -> Result<(), String> {
     let mut missing = Vec::new();
