@@ -1,0 +1,367 @@
+//! NATS JetStream glue for `connector-core`: a durable pull consumer as the [`Source`],
+//! JetStream publishes (awaiting the stream's ack) as the [`Publisher`].
+//!
+//! Ack model: each message is acked after its outcome is stored; while it is being handled an
+//! in-progress ack every half `ACKWAIT` keeps the server from redelivering it; a message whose
+//! outcome could not be written is nak'ed for redelivery. Fixes over the original: success
+//! without `RESPONSE_TOPIC` is acked (it was redelivered forever), SIGTERM drains and keeps the
+//! durable consumer (SIGINT used to delete it), and user/password, token, nkey, credentials-file
+//! and TLS authentication are available.
+
+mod config;
+
+pub use config::NatsConfig;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use connector_core::config::{ConfigError, Env, Settings};
+use connector_core::headers::{HeaderFamily, canonical_key};
+use connector_core::{
+    Acknowledger, BoxError, Connector, Delivery, DispatchEnd, DispatchOptions, Engine, Message,
+    Outbound, Publisher, Source,
+};
+use futures_lite::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The NATS JetStream connector.
+#[derive(Debug)]
+pub struct NatsConnector {
+    config: NatsConfig,
+}
+
+impl Connector for NatsConnector {
+    const NAME: &'static str = env!("CARGO_PKG_NAME");
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const HEADERS: HeaderFamily = HeaderFamily::Nats;
+
+    fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            config: NatsConfig::from_env(env, settings)?,
+        })
+    }
+
+    fn dispatch_options(&self) -> DispatchOptions {
+        DispatchOptions {
+            max_in_flight: self.config.concurrent,
+            lane_concurrency: 0,
+        }
+    }
+
+    async fn run(self, engine: Engine) -> Result<(), BoxError> {
+        let config = self.config;
+        let mut backoff = connector_core::backoff::ReconnectBackoff::default();
+        let client = loop {
+            let connected = tokio::select! {
+                c = connect(&config, &engine) => c,
+                () = engine.shutdown().cancelled() => return Ok(()),
+            };
+            match connected {
+                Ok(c) => break c,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::error!(error = %e, retry_in = ?delay, "cannot connect to NATS");
+                    if !engine.sleep_unless_shutdown(delay).await {
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let js = jetstream::new(client.clone());
+        let consumer = consumer(&js, &config, &engine).await?;
+        let ack_wait = consumer.cached_info().config.ack_wait;
+        if ack_wait != config.ack_wait {
+            tracing::warn!(
+                consumer = %config.consumer,
+                existing = ?ack_wait,
+                configured = ?config.ack_wait,
+                "the durable consumer exists with another ack wait; using the consumer's"
+            );
+        }
+        let publisher = Arc::new(NatsPublisher { js: js.clone() });
+        loop {
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(config.concurrent)
+                .heartbeat(Duration::from_secs(5))
+                .messages()
+                .await;
+            let messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    engine.health().set_ready(false);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot pull from the consumer");
+                    if !engine.sleep_unless_shutdown(delay).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            engine.health().set_ready(true);
+            tracing::info!(subject = %config.subject, consumer = %config.consumer, "consuming");
+            let mut source = NatsSource {
+                messages: Some(messages),
+                ack_wait,
+                health: engine.health().clone(),
+            };
+            if engine.dispatch(&mut source, &publisher).await == DispatchEnd::Shutdown {
+                break;
+            }
+        }
+        engine.health().set_ready(false);
+        // Flush acks still buffered in the client before leaving; the durable consumer stays.
+        if let Err(e) = client.flush().await {
+            tracing::debug!(error = %e, "flush on shutdown");
+        }
+        Ok(())
+    }
+}
+
+async fn connect(config: &NatsConfig, engine: &Engine) -> Result<async_nats::Client, BoxError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(NatsConnector::NAME)
+        .connection_timeout(Duration::from_secs(5))
+        .require_tls(config.tls);
+    if let Some((user, password)) = &config.user_password {
+        options = options.user_and_password(user.clone(), password.expose().to_owned());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.expose().to_owned());
+    }
+    if let Some(seed) = &config.nkey {
+        options = options.nkey(seed.expose().to_owned());
+    }
+    if let Some(path) = &config.credentials_file {
+        options = options.credentials_file(path).await?;
+    }
+    if let Some(ca) = &config.ca_file {
+        options = options.add_root_certificates(ca.into());
+    }
+    if let Some((cert, key)) = &config.client_cert {
+        options = options.add_client_certificate(cert.into(), key.into());
+    }
+    let health = engine.health().clone();
+    options = options.event_callback(move |event| {
+        let health = health.clone();
+        async move {
+            match event {
+                async_nats::Event::Disconnected => {
+                    health.set_ready(false);
+                    tracing::warn!("disconnected from NATS; reconnecting");
+                }
+                async_nats::Event::Connected => {
+                    health.set_ready(true);
+                    tracing::info!("connected to NATS");
+                }
+                other => tracing::debug!(event = %other, "NATS event"),
+            }
+        }
+    });
+    let servers: Vec<async_nats::ServerAddr> = config
+        .servers
+        .expose()
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    Ok(options.connect(servers).await?)
+}
+
+/// Binds the durable pull consumer, or creates it (deliver-all, explicit acks, `ACKWAIT`,
+/// filtered on `TOPIC`) in the stream that captures `TOPIC`. Also checks that the response and
+/// error subjects are captured by some stream, since JetStream publishes need one.
+async fn consumer(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+    engine: &Engine,
+) -> Result<jetstream::consumer::PullConsumer, BoxError> {
+    let common = &engine.settings().common;
+    for (var, subject) in [
+        ("RESPONSE_TOPIC", common.response_topic.as_deref()),
+        ("ERROR_TOPIC", common.error_topic.as_deref()),
+    ] {
+        if let Some(subject) = subject
+            && js.stream_by_subject(subject).await.is_err()
+        {
+            return Err(format!(
+                "{var}: no JetStream stream captures subject {subject:?}; create one or fix the name"
+            )
+            .into());
+        }
+    }
+    let stream_name = match &config.stream {
+        Some(s) => s.clone(),
+        None => js.stream_by_subject(config.subject.as_str()).await.map_err(|e| {
+            format!(
+                "TOPIC: no JetStream stream captures subject {:?} ({e}); create one or set STREAM",
+                config.subject
+            )
+        })?,
+    };
+    let stream = js
+        .get_stream(&stream_name)
+        .await
+        .map_err(|e| format!("STREAM: cannot open stream {stream_name:?}: {e}"))?;
+    match stream.consumer_info(&config.consumer).await {
+        Ok(info) => {
+            if info.config.deliver_subject.is_some() {
+                return Err(format!(
+                    "CONSUMER: {:?} exists as a push consumer; this connector binds pull consumers \
+                     (delete it, or choose another name and point KEDA at it)",
+                    config.consumer
+                )
+                .into());
+            }
+            Ok(stream.get_consumer(&config.consumer).await?)
+        }
+        Err(_) => {
+            tracing::info!(consumer = %config.consumer, stream = %stream_name, "creating the durable consumer");
+            Ok(stream
+                .create_consumer(pull::Config {
+                    durable_name: Some(config.consumer.clone()),
+                    filter_subject: config.subject.clone(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                    ack_wait: config.ack_wait,
+                    ..Default::default()
+                })
+                .await?)
+        }
+    }
+}
+
+/// The pull stream.
+struct NatsSource {
+    messages: Option<pull::Stream>,
+    ack_wait: Duration,
+    health: Arc<connector_core::telemetry::Health>,
+}
+
+impl Source for NatsSource {
+    type Meta = ();
+    type Ack = NatsAck;
+
+    async fn next(&mut self) -> connector_core::dispatch::NextDelivery<Self> {
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                return Ok(None);
+            };
+            let message = match messages.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    // Missed heartbeats and the like: the stream recovers by itself.
+                    self.health.set_ready(false);
+                    tracing::warn!(error = %e, "pulling messages failed");
+                    continue;
+                }
+                None => return Ok(None),
+            };
+            self.health.set_ready(true);
+            let headers = message
+                .headers
+                .as_ref()
+                .map(|h| {
+                    h.iter()
+                        .flat_map(|(name, values)| {
+                            values
+                                .iter()
+                                .map(move |v| (name.to_string(), v.as_str().to_owned()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let payload = message.payload.clone();
+            let message = Arc::new(message);
+            let progress = CancellationToken::new();
+            // In-progress acks keep a slow call from being redelivered to another replica.
+            tokio::spawn(keep_in_progress(
+                message.clone(),
+                self.ack_wait / 2,
+                progress.clone(),
+            ));
+            return Ok(Some(Delivery {
+                message: Message {
+                    payload,
+                    headers,
+                    ..Default::default()
+                },
+                meta: (),
+                ack: NatsAck { message, progress },
+            }));
+        }
+    }
+
+    async fn stop(&mut self) {
+        // Dropping the pull stream stops fetching; buffered messages are redelivered after
+        // ACKWAIT. The durable consumer itself is kept.
+        self.messages = None;
+    }
+}
+
+async fn keep_in_progress(
+    message: Arc<jetstream::Message>,
+    every: Duration,
+    done: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = done.cancelled() => return,
+        }
+        if let Err(e) = message.ack_with(AckKind::Progress).await {
+            tracing::debug!(error = %e, "in-progress ack failed");
+        }
+    }
+}
+
+/// Acks or naks one message.
+pub struct NatsAck {
+    message: Arc<jetstream::Message>,
+    progress: CancellationToken,
+}
+
+impl std::fmt::Debug for NatsAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NatsAck { .. }")
+    }
+}
+
+impl Acknowledger for NatsAck {
+    async fn ack(self) -> Result<(), BoxError> {
+        self.progress.cancel();
+        self.message.ack().await
+    }
+
+    async fn requeue(self, _message: Message) -> Result<(), BoxError> {
+        self.progress.cancel();
+        self.message.ack_with(AckKind::Nak(None)).await
+    }
+}
+
+/// JetStream publishes, resolved on the stream's ack.
+struct NatsPublisher {
+    js: jetstream::Context,
+}
+
+impl Publisher<()> for NatsPublisher {
+    async fn publish(&self, record: Outbound<'_, ()>) -> Result<(), BoxError> {
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in record.headers {
+            if let Ok(v) = value.to_str() {
+                headers.append(canonical_key(name.as_str()).as_str(), v);
+            }
+        }
+        let ack = if headers.is_empty() {
+            self.js
+                .publish(record.topic.to_owned(), record.body)
+                .await?
+        } else {
+            self.js
+                .publish_with_headers(record.topic.to_owned(), headers, record.body)
+                .await?
+        };
+        ack.await?;
+        Ok(())
+    }
+}
