@@ -53,6 +53,11 @@ const BROKERS: &[(&str, &str, &str)] = &[
         "rabbitmq-server -detached   (Debian: apt-get install rabbitmq-server)",
     ),
     (
+        "NATS with JetStream",
+        "127.0.0.1:4222",
+        "nats-server -js -a 127.0.0.1 -p 4222 &   (Debian: apt-get install nats-server)",
+    ),
+    (
         "Redis",
         "127.0.0.1:6379",
         "redis-server --daemonize yes --port 6379 --save \"\"   (Debian: apt-get install redis-server)",
