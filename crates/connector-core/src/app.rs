@@ -84,6 +84,9 @@ pub fn main<C: Connector>() -> ExitCode {
         }
     };
     crate::telemetry::init_logging(settings.log_level);
+    // One process-wide TLS provider (ring) for every library that builds a rustls config from
+    // the default, whatever crypto features the dependency graph happens to enable.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

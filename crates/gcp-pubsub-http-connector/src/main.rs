@@ -1,0 +1,5 @@
+//! `gcp-pubsub-http-connector`: everything is in the library; see the README.
+
+fn main() -> std::process::ExitCode {
+    connector_core::app::main::<gcp_pubsub_http_connector::PubSubConnector>()
+}
