@@ -90,6 +90,15 @@ fn test(extra: &[String]) -> Result<(), String> {
                 .to_owned(),
         );
     }
+    let emulator = std::env::var("PUBSUB_EMULATOR_BIN").unwrap_or_else(|_| {
+        "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator".to_owned()
+    });
+    if !std::path::Path::new(&emulator).exists() {
+        missing.push(format!(
+            "  the Pub/Sub emulator is not at {emulator}; it comes with the Google Cloud CLI \
+             (Debian package google-cloud-cli-pubsub-emulator), or set PUBSUB_EMULATOR_BIN"
+        ));
+    }
     if !missing.is_empty() {
         return Err(format!(
             "the integration tests need these brokers:\n{}",
