@@ -573,3 +573,53 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
         .port()
 }
+
+/// `base` with each `(name, value)` of `overrides` replacing (or adding) that variable.
+pub fn with_overrides(
+    mut base: Vec<(&'static str, String)>,
+    overrides: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    for (k, v) in overrides {
+        base.retain(|(key, _)| key != k);
+        base.push((k, (*v).to_owned()));
+    }
+    base
+}
+
+/// Runs `binary` with `base`, `var` removed and then set to `value` (if any), and asserts the
+/// configuration-error contract: exit code 78, exactly one line on stderr that names `names`
+/// (usually `var` itself), nothing on stdout, and `secret` nowhere in the output.
+pub fn assert_config_error(
+    binary: &str,
+    base: &[(&str, String)],
+    var: &str,
+    value: Option<&str>,
+    names: &str,
+    secret: &str,
+) {
+    let mut env: Vec<(&str, String)> = base.iter().filter(|(k, _)| *k != var).cloned().collect();
+    if let Some(v) = value {
+        env.push((var, v.to_owned()));
+    }
+    let out = std::process::Command::new(binary)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{var}={value:?}: {stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{var}={value:?}: one line: {stderr}"
+    );
+    assert!(
+        stderr.contains(names),
+        "{var}={value:?}: names {names}: {stderr}"
+    );
+    assert!(
+        !stderr.contains(secret),
+        "{var}={value:?}: secret echoed: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{var}: nothing on stdout");
+}

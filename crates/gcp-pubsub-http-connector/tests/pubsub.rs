@@ -3,7 +3,9 @@
 //! the connector as a separate process. Setup and checks use the emulator's REST API.
 
 use base64::Engine as _;
-use connector_core::testkit::{Process, Reply, Sink, free_port};
+use connector_core::testkit::{
+    Process, Reply, Sink, assert_config_error, free_port, with_overrides,
+};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -218,7 +220,7 @@ async fn setup(e: &Emulator, ack_deadline: u32) {
 }
 
 fn env(e: &Emulator, sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    let mut v: Vec<(&'static str, String)> = vec![
+    let v: Vec<(&'static str, String)> = vec![
         ("PUBSUB_EMULATOR_HOST", format!("127.0.0.1:{}", e.port)),
         ("PROJECT_ID", PROJECT.into()),
         ("SUBSCRIPTION_NAME", "source-sub".into()),
@@ -230,11 +232,7 @@ fn env(e: &Emulator, sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'stat
         ("CONTENT_TYPE", "application/json".into()),
         ("RETRY_BACKOFF_BASE", "10ms".into()),
     ];
-    for (k, val) in extra {
-        v.retain(|(key, _)| key != k);
-        v.push((k, val.to_string()));
-    }
-    v
+    with_overrides(v, extra)
 }
 
 /// Also the regression test for the original's hang after its first publish: many responses
@@ -410,20 +408,6 @@ async fn bad_env_values_exit_78_with_one_line_and_no_secret() {
         ("MAX_IN_FLIGHT", Some("0".into())),
     ];
     for (var, value) in cases {
-        let mut e = base.clone();
-        e.retain(|(k, _)| k != var);
-        if let Some(v) = value {
-            e.push((var, v.clone()));
-        }
-        let out = std::process::Command::new(BIN)
-            .env_clear()
-            .envs(e.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(78), "{var}={value:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(var), "{stderr}");
-        assert!(!stderr.contains("s3cret"), "{stderr}");
+        assert_config_error(BIN, &base, var, value.as_deref(), var, "s3cret");
     }
 }

@@ -2,7 +2,9 @@
 //! `AMQP_URL`), with the connector running as a separate process.
 //! Start the broker with `rabbitmq-server -detached` if these fail to connect.
 
-use connector_core::testkit::{Process, Reply, Sink, free_port};
+use connector_core::testkit::{
+    Process, Reply, Sink, assert_config_error, free_port, with_overrides,
+};
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -174,7 +176,7 @@ impl Drop for Queues {
 }
 
 fn env(q: &Queues, sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    let mut v: Vec<(&'static str, String)> = vec![
+    let v: Vec<(&'static str, String)> = vec![
         ("HOST", amqp_url()),
         ("TOPIC", q.source.clone()),
         ("RESPONSE_TOPIC", q.response.clone()),
@@ -185,11 +187,7 @@ fn env(q: &Queues, sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static
         ("SOURCE_NAME", "it-trigger".into()),
         ("RETRY_BACKOFF_BASE", "10ms".into()),
     ];
-    for (k, val) in extra {
-        v.retain(|(key, _)| key != k);
-        v.push((k, val.to_string()));
-    }
-    v
+    with_overrides(v, extra)
 }
 
 #[tokio::test]
@@ -597,22 +595,7 @@ async fn bad_env_values_exit_78_with_one_line_and_no_secret() {
         ("ADMIN_ADDR", Some("everywhere".into())),
     ];
     for (var, value) in cases {
-        let mut e = base.clone();
-        e.retain(|(k, _)| k != var);
-        if let Some(v) = value {
-            e.push((var, v.clone()));
-        }
-        let out = std::process::Command::new(BIN)
-            .env_clear()
-            .envs(e.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(78), "{var}={value:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{var}: one line: {stderr}");
-        assert!(stderr.contains(var), "{var} named: {stderr}");
-        assert!(!stderr.contains(secret), "{var}: secret echoed: {stderr}");
-        assert!(out.stdout.is_empty());
+        assert_config_error(BIN, &base, var, value.as_deref(), var, secret);
     }
 }
 

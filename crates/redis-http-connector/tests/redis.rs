@@ -2,7 +2,7 @@
 //! connector as a separate process. Start Redis with
 //! `redis-server --daemonize yes --port 6379 --save ""` if these fail to connect.
 
-use connector_core::testkit::{Process, Reply, Sink};
+use connector_core::testkit::{Process, Reply, Sink, assert_config_error, with_overrides};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use std::collections::HashSet;
@@ -83,7 +83,7 @@ async fn len(conn: &mut MultiplexedConnection, list: &str) -> usize {
 }
 
 fn env(l: &Lists, sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    let mut v: Vec<(&'static str, String)> = vec![
+    let v: Vec<(&'static str, String)> = vec![
         (
             "ADDRESS",
             redis_url().trim_start_matches("redis://").to_owned(),
@@ -97,11 +97,7 @@ fn env(l: &Lists, sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static 
         ("CONSUMER_ID", l.consumer.clone()),
         ("RETRY_BACKOFF_BASE", "10ms".into()),
     ];
-    for (k, val) in extra {
-        v.retain(|(key, _)| key != k);
-        v.push((k, val.to_string()));
-    }
-    v
+    with_overrides(v, extra)
 }
 
 #[tokio::test]
@@ -322,20 +318,6 @@ async fn bad_env_values_exit_78_with_one_line_and_no_secret() {
         ("MAX_RETRIES", Some("x".into())),
     ];
     for (var, value) in cases {
-        let mut e = base.clone();
-        e.retain(|(k, _)| k != var);
-        if let Some(v) = value {
-            e.push((var, v.clone()));
-        }
-        let out = std::process::Command::new(BIN)
-            .env_clear()
-            .envs(e.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(78), "{var}={value:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(var), "{stderr}");
-        assert!(!stderr.contains(secret), "{stderr}");
+        assert_config_error(BIN, &base, var, value.as_deref(), var, secret);
     }
 }
