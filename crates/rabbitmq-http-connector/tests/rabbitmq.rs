@@ -3,7 +3,7 @@
 //! Start the broker with `rabbitmq-server -detached` if these fail to connect.
 
 use connector_core::testkit::{
-    Process, Reply, Sink, assert_config_error, free_port, with_overrides,
+    Process, Reply, Sink, assert_config_error, free_port, unique, with_overrides,
 };
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -12,7 +12,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -38,19 +37,6 @@ async fn broker() -> Channel {
     let channel = conn.create_channel().await.unwrap();
     std::mem::forget(conn);
     channel
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}-{}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    )
 }
 
 /// Source, response and error queues, deleted on drop.

@@ -2,11 +2,10 @@
 //! connector as a separate process. Start Redis with
 //! `redis-server --daemonize yes --port 6379 --save ""` if these fail to connect.
 
-use connector_core::testkit::{Process, Reply, Sink, assert_config_error, with_overrides};
+use connector_core::testkit::{Process, Reply, Sink, assert_config_error, unique, with_overrides};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_redis-http-connector");
@@ -28,15 +27,6 @@ async fn redis() -> MultiplexedConnection {
              `redis-server --daemonize yes --port 6379 --save \"\"` (or set REDIS_URL)."
             )
         })
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
 }
 
 struct Lists {
