@@ -40,6 +40,8 @@
 //! reconnect when it returns [`dispatch::DispatchEnd::SourceEnded`]. Then
 //! `fn main() -> ExitCode { connector_core::app::main::<MyConnector>() }`.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod app;
 pub mod backoff;

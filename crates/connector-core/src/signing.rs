@@ -94,8 +94,9 @@ mod tests {
         );
     }
 
-    /// RFC 5869 test case 3 (SHA-256, no salt, empty info) checks the HKDF wiring itself; the
-    /// router key below was computed independently of this code (Python hmac/hashlib).
+    /// Expected values computed independently of this code (Python hmac/hashlib implementing
+    /// HKDF-SHA256 and HMAC-SHA256 as `pkg/auth/hmac` specifies); the upstream tests only
+    /// round-trip these inputs, they hard-code no signature.
     #[test]
     fn derived_key_and_signature() {
         let s = RequestSigner::from_master(b"fission-test-master-must-be-long-enough");
