@@ -559,6 +559,23 @@ impl Process {
         );
     }
 
+    /// Waits for exit and requires exit code `code` and a log line containing `needle` (a
+    /// startup failure such as a missing queue or topic).
+    pub async fn expect_exit(&mut self, code: i32, needle: &str) {
+        let status = self.wait_exit().await;
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "exit code; logs:\n{}",
+            self.logs()
+        );
+        assert!(
+            self.logs().contains(needle),
+            "no log line with {needle:?}; logs:\n{}",
+            self.logs()
+        );
+    }
+
     /// SIGKILL and reap.
     pub async fn kill(&mut self) {
         self.signal("-KILL");

@@ -379,13 +379,7 @@ async fn missing_destination_topic_exits_nonzero_naming_it() {
     setup(&e, 10).await;
     let sink = Sink::start().await;
     let mut proc = Process::start(BIN, &env(&e, &sink, &[("ERROR_TOPIC", "no-such-topic")]));
-    let status = proc.wait_exit().await;
-    assert_eq!(status.code(), Some(1));
-    assert!(
-        proc.logs().contains("ERROR_TOPIC: cannot use topic"),
-        "{}",
-        proc.logs()
-    );
+    proc.expect_exit(1, "ERROR_TOPIC: cannot use topic").await;
 }
 
 #[tokio::test]

@@ -697,11 +697,5 @@ async fn missing_destination_topic_exits_nonzero_naming_it() {
     let sink = Sink::start().await;
     let missing = unique("no-such-topic");
     let mut proc = Process::start(BIN, &env(&b, &n, &sink, &[("RESPONSE_TOPIC", &missing)]));
-    let status = proc.wait_exit().await;
-    assert_eq!(status.code(), Some(1), "{}", proc.logs());
-    assert!(
-        proc.logs().contains("RESPONSE_TOPIC: topic"),
-        "{}",
-        proc.logs()
-    );
+    proc.expect_exit(1, "RESPONSE_TOPIC: topic").await;
 }

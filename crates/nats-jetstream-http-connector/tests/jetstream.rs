@@ -305,13 +305,7 @@ async fn subject_without_a_stream_exits_nonzero_naming_topic() {
     let s = setup().await;
     let sink = Sink::start().await;
     let mut proc = Process::start(BIN, &env(&s, &sink, &[("TOPIC", &unique("nostream.in"))]));
-    let status = proc.wait_exit().await;
-    assert_eq!(status.code(), Some(1));
-    assert!(
-        proc.logs().contains("TOPIC: no JetStream stream"),
-        "{}",
-        proc.logs()
-    );
+    proc.expect_exit(1, "TOPIC: no JetStream stream").await;
 }
 
 #[tokio::test]

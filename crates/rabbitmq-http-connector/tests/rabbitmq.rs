@@ -549,9 +549,7 @@ async fn missing_source_queue_exits_nonzero_naming_topic() {
         ("CONTENT_TYPE", "text/plain".into()),
     ];
     let mut proc = Process::start(BIN, &e);
-    let status = proc.wait_exit().await;
-    assert_eq!(status.code(), Some(1));
-    assert!(proc.logs().contains("TOPIC: queue"), "{}", proc.logs());
+    proc.expect_exit(1, "TOPIC: queue").await;
 }
 
 #[tokio::test]
