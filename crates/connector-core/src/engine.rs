@@ -1,10 +1,13 @@
 //! The shared state a connector runs with: settings, the invoker, default headers, telemetry
 //! and the shutdown signal. Cheap to clone.
 
+use crate::backoff::ReconnectBackoff;
 use crate::config::Settings;
+use crate::dispatch::BoxError;
 use crate::headers::{HeaderFamily, HeaderSet};
 use crate::invoker::Invoker;
 use crate::telemetry::{Health, Metrics};
+use std::future::Future;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -98,6 +101,58 @@ impl Engine {
         tokio::select! {
             () = tokio::time::sleep(delay) => true,
             () = self.shutdown().cancelled() => false,
+        }
+    }
+}
+
+/// Why an attempt to reach the broker failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Worth retrying: the broker is down, the network is cut, credentials are not ready yet.
+    Retry(BoxError),
+    /// Waiting will not fix it (a queue or topic that does not exist): the connector stops.
+    Fatal(BoxError),
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for ConnectError {
+    fn from(e: E) -> Self {
+        Self::Retry(Box::new(e))
+    }
+}
+
+impl Engine {
+    /// Calls `attempt` until it succeeds, backing off (and logging, naming `broker`) between
+    /// failures, and resets `backoff` on success. Returns `Ok(None)` when shutdown was requested
+    /// first, and the error of a [`ConnectError::Fatal`] attempt.
+    pub async fn connect<T, F, Fut>(
+        &self,
+        broker: &str,
+        backoff: &mut ReconnectBackoff,
+        mut attempt: F,
+    ) -> Result<Option<T>, BoxError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ConnectError>>,
+    {
+        loop {
+            let result = tokio::select! {
+                r = attempt() => r,
+                () = self.shutdown().cancelled() => return Ok(None),
+            };
+            match result {
+                Ok(connected) => {
+                    backoff.reset();
+                    return Ok(Some(connected));
+                }
+                Err(ConnectError::Fatal(e)) => return Err(e),
+                Err(ConnectError::Retry(e)) => {
+                    let delay = backoff.next_delay();
+                    tracing::error!(error = %e, retry_in = ?delay, "cannot connect to {broker}");
+                    if !self.sleep_unless_shutdown(delay).await {
+                        return Ok(None);
+                    }
+                }
+            }
         }
     }
 }

@@ -62,5 +62,5 @@ pub use dispatch::{
     Acknowledger, BoxError, Delivery, Destination, DispatchEnd, Lane, Message, Outbound, Publisher,
     Source,
 };
-pub use engine::{DispatchOptions, Engine};
+pub use engine::{ConnectError, DispatchOptions, Engine};
 pub use headers::HeaderFamily;

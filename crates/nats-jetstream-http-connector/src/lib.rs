@@ -51,21 +51,15 @@ impl Connector for NatsConnector {
     async fn run(self, engine: Engine) -> Result<(), BoxError> {
         let config = self.config;
         let mut backoff = connector_core::backoff::ReconnectBackoff::default();
-        let client = loop {
-            let connected = tokio::select! {
-                c = connect(&config, &engine) => c,
-                () = engine.shutdown().cancelled() => return Ok(()),
-            };
-            match connected {
-                Ok(c) => break c,
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::error!(error = %e, retry_in = ?delay, "cannot connect to NATS");
-                    if !engine.sleep_unless_shutdown(delay).await {
-                        return Ok(());
-                    }
-                }
-            }
+        let Some(client) = engine
+            .connect("NATS", &mut backoff, || async {
+                connect(&config, &engine)
+                    .await
+                    .map_err(connector_core::ConnectError::Retry)
+            })
+            .await?
+        else {
+            return Ok(());
         };
         let js = jetstream::new(client.clone());
         let consumer = consumer(&js, &config, &engine).await?;

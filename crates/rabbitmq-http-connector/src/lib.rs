@@ -13,8 +13,8 @@ pub use config::RabbitConfig;
 use connector_core::backoff::ReconnectBackoff;
 use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::{
-    Acknowledger, BoxError, Connector, Delivery, DispatchEnd, DispatchOptions, Engine, Message,
-    Outbound, Publisher, Source,
+    Acknowledger, BoxError, ConnectError, Connector, Delivery, DispatchEnd, DispatchOptions,
+    Engine, Message, Outbound, Publisher, Source,
 };
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -52,23 +52,14 @@ impl Connector for RabbitConnector {
     async fn run(self, engine: Engine) -> Result<(), BoxError> {
         let mut backoff = ReconnectBackoff::default();
         loop {
-            let connected = tokio::select! {
-                s = Session::open(&self.config, &engine) => s,
-                () = engine.shutdown().cancelled() => return Ok(()),
+            let Some(mut session) = engine
+                .connect("RabbitMQ", &mut backoff, || {
+                    Session::open(&self.config, &engine)
+                })
+                .await?
+            else {
+                return Ok(());
             };
-            let mut session = match connected {
-                Ok(s) => s,
-                Err(SessionError::Fatal(e)) => return Err(e),
-                Err(SessionError::Retry(e)) => {
-                    let delay = backoff.next_delay();
-                    tracing::error!(error = %e, retry_in = ?delay, "cannot consume from RabbitMQ");
-                    if !engine.sleep_unless_shutdown(delay).await {
-                        return Ok(());
-                    }
-                    continue;
-                }
-            };
-            backoff.reset();
             engine.health().set_ready(true);
             tracing::info!(queue = %self.config.queue, prefetch = self.config.concurrent, "consuming");
             let end = engine
@@ -86,19 +77,6 @@ impl Connector for RabbitConnector {
     }
 }
 
-enum SessionError {
-    /// Misconfiguration that waiting will not fix (a queue that does not exist).
-    Fatal(BoxError),
-    /// Anything else: retry with backoff.
-    Retry(BoxError),
-}
-
-impl From<lapin::Error> for SessionError {
-    fn from(e: lapin::Error) -> Self {
-        Self::Retry(Box::new(e))
-    }
-}
-
 /// One connection with its consuming and publishing channels.
 struct Session {
     connection: Connection,
@@ -107,7 +85,7 @@ struct Session {
 }
 
 impl Session {
-    async fn open(config: &RabbitConfig, engine: &Engine) -> Result<Self, SessionError> {
+    async fn open(config: &RabbitConfig, engine: &Engine) -> Result<Self, ConnectError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("{} {}", RabbitConnector::NAME, config.queue).into());
         let connection = Connection::connect(&config.uri, properties).await?;
@@ -142,7 +120,7 @@ impl Session {
                 }
                 Err(e) if is_not_found(&e) => {
                     let _ = connection.close(200, "bye".into()).await;
-                    return Err(SessionError::Fatal(
+                    return Err(ConnectError::Fatal(
                         format!("{var}: queue {queue:?} does not exist on the broker").into(),
                     ));
                 }

@@ -650,7 +650,7 @@ async fn admin_endpoints_report_liveness_readiness_and_counts() {
             ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
         ],
     );
-    down.wait_log("cannot consume from RabbitMQ", 1).await;
+    down.wait_log("cannot connect to RabbitMQ", 1).await;
     assert_eq!(get(admin, "/healthz").await.0, 200);
     assert_eq!(get(admin, "/readyz").await.0, 503);
     down.stop().await;

@@ -64,25 +64,19 @@ impl Connector for RedisConnector {
             .set_max_delay(Duration::from_secs(10));
         // Two connections: a blocking BLMOVE would stall every other command on a shared one.
         let mut backoff = connector_core::backoff::ReconnectBackoff::default();
-        let (blocking, commands) = loop {
-            let connected = tokio::select! {
-                c = async {
-                    let a = client.get_connection_manager_with_config(manager_config.clone()).await?;
-                    let b = client.get_connection_manager_with_config(manager_config.clone()).await?;
-                    Ok::<_, redis::RedisError>((a, b))
-                } => c,
-                () = engine.shutdown().cancelled() => return Ok(()),
-            };
-            match connected {
-                Ok(c) => break c,
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::error!(error = %e, retry_in = ?delay, "cannot connect to Redis");
-                    if !engine.sleep_unless_shutdown(delay).await {
-                        return Ok(());
-                    }
-                }
-            }
+        let connected = engine
+            .connect("Redis", &mut backoff, || async {
+                let a = client
+                    .get_connection_manager_with_config(manager_config.clone())
+                    .await?;
+                let b = client
+                    .get_connection_manager_with_config(manager_config.clone())
+                    .await?;
+                Ok((a, b))
+            })
+            .await?;
+        let Some((blocking, commands)) = connected else {
+            return Ok(());
         };
 
         let mut conn = commands.clone();
