@@ -44,6 +44,8 @@
 
 pub mod admin;
 pub mod app;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod backoff;
 pub mod config;
 pub mod dispatch;

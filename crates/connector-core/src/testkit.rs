@@ -658,3 +658,96 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::SeqCst)
     )
 }
+
+/// A `moto` server (PyPI `moto[server]`) on a free loopback port: SQS, Kinesis and DynamoDB
+/// for the AWS connectors' tests. Each test gets its own, so state never leaks between tests.
+/// Killed when dropped.
+#[cfg(feature = "aws")]
+#[derive(Debug)]
+pub struct Moto {
+    _child: tokio::process::Child,
+    endpoint: String,
+}
+
+#[cfg(feature = "aws")]
+impl Moto {
+    /// Starts `moto_server` (or `$MOTO_SERVER_BIN`) and waits until it answers.
+    pub async fn start() -> Self {
+        let bin = std::env::var("MOTO_SERVER_BIN").unwrap_or_else(|_| "moto_server".into());
+        let port = free_port();
+        let mut child = tokio::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start the moto server ({bin}: {e}): install it with \
+                     `pip install 'moto[server]'` (or set MOTO_SERVER_BIN)"
+                )
+            });
+        let endpoint = format!("http://127.0.0.1:{port}");
+        // Werkzeug prints "Running on <url>" once it listens.
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("Running on") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            ready,
+            Ok(true),
+            "the moto server did not start on {endpoint}"
+        );
+        // Keep draining its log so a full pipe never blocks it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            _child: child,
+            endpoint,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The environment a connector needs to talk to this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing-secret-key".into()),
+        ]
+    }
+
+    /// An SDK configuration for the test's own clients (static test credentials).
+    pub fn sdk_config(&self) -> aws_config::SdkConfig {
+        use aws_config::{BehaviorVersion, Region};
+        let http = aws_smithy_http_client::Builder::new().build_http();
+        aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .http_client(http)
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    aws_credential_types::Credentials::new(
+                        "testing",
+                        "testing-secret-key",
+                        None,
+                        None,
+                        "moto",
+                    ),
+                ),
+            )
+            .build()
+    }
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    connector_core::app::main::<aws_sqs_http_connector::SqsConnector>()
+}

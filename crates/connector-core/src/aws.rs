@@ -1,0 +1,103 @@
+//! AWS SDK configuration shared by the SQS and Kinesis connectors (reference §1.6): the SDK's
+//! default chain (environment, profile files, web identity / IRSA, ECS and EC2 metadata,
+//! `AWS_ENDPOINT_URL*`), plus the original's `AWS_REGION` and `AWS_ENDPOINT` overrides.
+//!
+//! The SDK's HTTP client is built here with rustls on *ring*, the one crypto provider of the
+//! workspace, so no connector links aws-lc.
+
+use crate::config::{ConfigError, Env, Vars};
+use crate::dispatch::BoxError;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+
+/// `AWS_REGION` and `AWS_ENDPOINT`; everything else comes from the SDK's default chain.
+#[derive(Debug, Clone, Default)]
+pub struct AwsSettings {
+    /// `AWS_REGION`: overrides whatever region the chain would find.
+    pub region: Option<String>,
+    /// `AWS_ENDPOINT`: base endpoint of every service client (LocalStack, moto, a VPC endpoint).
+    pub endpoint: Option<String>,
+}
+
+impl AwsSettings {
+    /// Reads and checks `AWS_REGION` and `AWS_ENDPOINT`.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let vars = Vars::new(env);
+        let region = vars.optional_trimmed("AWS_REGION");
+        if let Some(r) = &region
+            && !r
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::invalid(
+                "AWS_REGION",
+                "a region name such as us-east-1",
+                r,
+            ));
+        }
+        let endpoint = vars.optional_trimmed("AWS_ENDPOINT");
+        if let Some(e) = &endpoint {
+            let ok = url::Url::parse(e)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "AWS_ENDPOINT",
+                    "an http:// or https:// URL",
+                    e,
+                ));
+            }
+        }
+        Ok(Self { region, endpoint })
+    }
+
+    /// Loads the SDK configuration. Fails when no region can be found anywhere, since every
+    /// call would fail later with a less helpful message.
+    pub async fn load(&self) -> Result<SdkConfig, BoxError> {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+        if let Some(region) = &self.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &self.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let config = loader.load().await;
+        if config.region().is_none() {
+            return Err("no AWS region: set AWS_REGION (or a region in the AWS profile)".into());
+        }
+        Ok(config)
+    }
+}
+
+/// A short, log-safe description of an AWS SDK error: the service's error code and message
+/// when there is one (the `Display` of an `SdkError` is only "service error").
+pub fn describe<E, R>(error: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> String
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_smithy_runtime_api::client::result::SdkError;
+    match error {
+        SdkError::ServiceError(e) => {
+            let err = e.err();
+            match (err.code(), err.message()) {
+                (Some(code), Some(msg)) => format!("{code}: {msg}"),
+                (Some(code), None) => code.to_owned(),
+                _ => err.to_string(),
+            }
+        }
+        other => {
+            // The source chain carries the useful part (connection refused, timeout, ...).
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
