@@ -90,6 +90,19 @@ fn test(extra: &[String]) -> Result<(), String> {
                 .to_owned(),
         );
     }
+    let moto = std::env::var("MOTO_SERVER_BIN").unwrap_or_else(|_| "moto_server".to_owned());
+    let moto_ok = Command::new(&moto)
+        .arg("--help")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !moto_ok {
+        missing.push(format!(
+            "  the moto server ({moto}) for SQS, Kinesis and DynamoDB is not installed; install it \
+             with: pip install 'moto[server]' (or set MOTO_SERVER_BIN)"
+        ));
+    }
     let emulator = std::env::var("PUBSUB_EMULATOR_BIN").unwrap_or_else(|_| {
         "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator".to_owned()
     });
