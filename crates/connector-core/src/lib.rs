@@ -55,6 +55,7 @@ pub mod headers;
 pub mod invoker;
 pub mod signing;
 pub mod telemetry;
+pub mod tracker;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

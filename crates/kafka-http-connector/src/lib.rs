@@ -2,14 +2,13 @@
 //! `acks=all` producer as the [`Publisher`].
 //!
 //! Ack model: offsets are stored (`enable.auto.offset.store=false`) only for the contiguous
-//! prefix of settled records of each partition ([`tracker`]), and librdkafka commits the stored
+//! prefix of settled records of each partition (`connector_core::tracker`), and librdkafka commits the stored
 //! offsets every second, on partition revoke and on close. Records of one partition are
 //! processed in order (lane = partition) unless `PARTITION_CONCURRENCY` > 1. A record whose
 //! outcome could not be written is handed back to this source and processed again; its offset
 //! is not committed meanwhile.
 
 mod config;
-pub mod tracker;
 
 pub use config::{KafkaConfig, Sasl};
 
@@ -29,7 +28,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracker::OffsetTracker;
+/// Per partition: offsets read and not yet committed.
+type OffsetTracker = connector_core::tracker::SettleTracker<i32, i64>;
 
 /// The Kafka connector.
 #[derive(Debug)]
@@ -208,13 +208,13 @@ impl ConsumerContext for Context {
             Rebalance::Assign(tpl) => {
                 let p = partitions(tpl);
                 tracing::info!(partitions = ?p, "partitions assigned");
-                self.tracker.reset(p);
+                self.tracker.reset(&p);
                 self.health.set_ready(true);
             }
             Rebalance::Revoke(tpl) => {
                 let p = partitions(tpl);
                 tracing::info!(partitions = ?p, "partitions revoked");
-                self.tracker.reset(p);
+                self.tracker.reset(&p);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
         }
@@ -294,7 +294,7 @@ impl Source for KafkaSource {
                 .payload()
                 .map(bytes::Bytes::copy_from_slice)
                 .unwrap_or_default();
-            self.tracker.received(partition, offset);
+            self.tracker.received(&partition, offset as u64, offset);
             return Ok(Some(Delivery {
                 message: Message {
                     payload,
@@ -342,11 +342,11 @@ impl std::fmt::Debug for KafkaAck {
 
 impl Acknowledger for KafkaAck {
     async fn ack(self) -> Result<(), BoxError> {
-        let Some(next) = self.tracker.settled(self.partition, self.offset) else {
+        let Some(last) = self.tracker.settled(&self.partition, self.offset as u64) else {
             return Ok(());
         };
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(next))?;
+        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(last + 1))?;
         if let Err(e) = self.consumer.store_offsets(&tpl) {
             // The partition was revoked meanwhile: its new owner resumes from the last commit.
             tracing::debug!(error = %e, partition = self.partition, "offset not stored");
