@@ -55,9 +55,9 @@ pub mod headers;
 pub mod invoker;
 pub mod signing;
 pub mod telemetry;
-pub mod tracker;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tracker;
 
 pub use app::{Connector, REVISION};
 pub use config::{ConfigError, Env, Settings};

@@ -12,8 +12,11 @@ use std::sync::Mutex;
 /// sequence number).
 #[derive(Debug)]
 pub struct SettleTracker<L, T> {
-    streams: Mutex<HashMap<L, BTreeMap<u64, (bool, T)>>>,
+    streams: Mutex<HashMap<L, Stream<T>>>,
 }
+
+/// Position → (settled, value to commit).
+type Stream<T> = BTreeMap<u64, (bool, T)>;
 
 impl<L, T> Default for SettleTracker<L, T> {
     fn default() -> Self {

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    connector_core::app::main::<aws_kinesis_http_connector::KinesisConnector>()
+}
