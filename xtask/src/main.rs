@@ -4,6 +4,8 @@
 //! - `test`: the project's one test command — format check, clippy with warnings denied, and
 //!   every test in the workspace, including the broker integration tests. Fails (never skips)
 //!   when a broker the tests need is not reachable or installed, saying how to get it.
+//! - `bench`: builds the connectors and `crates/bench` in release mode and runs the benchmark
+//!   (arguments are passed on; `cargo xtask bench -- --help`). Results go to `bench/results/`.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::{Command, ExitCode};
@@ -13,10 +15,12 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         Some("help") | Some("--help") | None => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
-                 tasks:\n  test [-- <cargo test args>]   fmt check, clippy -D warnings, all tests (brokers required)"
+                 tasks:\n  test [-- <cargo test args>]   fmt check, clippy -D warnings, all tests (brokers required)\n  \
+                 bench [-- <bench args>]       release build, then throughput/latency/memory/CPU/cold start per connector"
             );
             Ok(())
         }
@@ -42,6 +46,43 @@ fn cargo(args: &[&str]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+/// The connectors the benchmark runs.
+const BENCHED: &[&str] = &[
+    "rabbitmq-http-connector",
+    "kafka-http-connector",
+    "redis-http-connector",
+    "nats-jetstream-http-connector",
+    "aws-sqs-http-connector",
+];
+
+fn bench(extra: &[String]) -> Result<(), String> {
+    let mut build = vec!["build", "--release", "-p", "bench"];
+    for c in BENCHED {
+        build.extend(["-p", c]);
+    }
+    cargo(&build)?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
+    let release = std::path::Path::new(&target).join("release");
+    let bin = release.join("bench");
+    let args: Vec<&str> = extra
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--")
+        .collect();
+    eprintln!("xtask: {} {}", bin.display(), args.join(" "));
+    let status = Command::new(&bin)
+        .arg("--bin-dir")
+        .arg(&release)
+        .args(&args)
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the benchmark failed ({status})"))
     }
 }
 

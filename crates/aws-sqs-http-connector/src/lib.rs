@@ -406,7 +406,7 @@ impl Source for SqsSource {
                 url: self.url.clone(),
                 handle: m.receipt_handle.unwrap_or_default(),
                 _permit: permit,
-                _keeper: keeper,
+                keeper,
             },
         }))
     }
@@ -463,7 +463,7 @@ pub struct SqsAck {
     url: String,
     handle: String,
     _permit: OwnedSemaphorePermit,
-    _keeper: Option<AbortOnDropHandle<()>>,
+    keeper: Option<AbortOnDropHandle<()>>,
 }
 
 impl std::fmt::Debug for SqsAck {
@@ -485,7 +485,9 @@ impl Acknowledger for SqsAck {
         Ok(())
     }
 
-    async fn requeue(self, _message: Message) -> Result<(), BoxError> {
+    async fn requeue(mut self, _message: Message) -> Result<(), BoxError> {
+        // Stop renewing first, so a renewal cannot hide the message again right after this.
+        drop(self.keeper.take());
         self.client
             .change_message_visibility()
             .queue_url(&self.url)

@@ -442,3 +442,36 @@ fn bad_env_values_exit_78_naming_the_variable() {
         assert_config_error(BIN, &base, var, value, var, secret);
     }
 }
+
+/// Credentials from the SDK's default chain rather than the environment: a shared credentials
+/// file and a named profile, as a mounted secret would provide.
+#[tokio::test]
+async fn credentials_from_a_shared_profile_file() {
+    let sqs = Sqs::start().await;
+    let src = sqs.queue("in", &[]).await;
+    let resp = sqs.queue("responses", &[]).await;
+    let sink = Sink::start().await;
+    sqs.send(&src, "via-profile", &[], None).await;
+    let dir = std::env::temp_dir().join(format!("sqs-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("credentials");
+    std::fs::write(
+        &file,
+        "[bench]\naws_access_key_id = profile-key\naws_secret_access_key = profile-secret\n",
+    )
+    .unwrap();
+    let mut e = env(&sqs, &sink, &src, &[]);
+    e.retain(|(k, _)| {
+        !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET") && *k != "ERROR_TOPIC"
+    });
+    e.push(("AWS_PROFILE", "bench".into()));
+    e.push(("AWS_SHARED_CREDENTIALS_FILE", file.display().to_string()));
+    e.push(("AWS_CONFIG_FILE", dir.join("none").display().to_string()));
+    let mut proc = Process::start(BIN, &e);
+    let got = sqs.take(&resp, 1).await;
+    proc.stop().await;
+    assert_eq!(got[0].body(), Some("via-profile"));
+    let seen = sink.requests();
+    assert_eq!(seen.len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -32,6 +32,9 @@
 //!
 //! Around it: [`telemetry`] (JSON logs without payloads, Prometheus metrics), [`admin`]
 //! (`/metrics`, `/healthz`, `/readyz`) and [`app`] (`--version`, signals, exit codes).
+//! [`tracker`] serves brokers whose position only moves forward (Kafka partitions, Kinesis
+//! shards): it commits only the contiguous settled prefix. The `aws` feature adds `aws`, the AWS
+//! SDK setup shared by the SQS and Kinesis connectors.
 //!
 //! ## Writing a connector
 //!
