@@ -38,8 +38,8 @@ pub struct KinesisConfig {
     pub poll_interval: Duration,
     /// `CHECKPOINT_INTERVAL`: how often settled positions are written (default 1s).
     pub checkpoint_interval: Duration,
-    /// `MAX_IN_FLIGHT`: records read and not yet settled, per shard (default 500); also the
-    /// `GetRecords` limit (at most 10000).
+    /// `MAX_IN_FLIGHT`: records handed to the dispatcher and not yet settled, per shard
+    /// (default 100): also the most a shard can redo after its lease moves.
     pub max_in_flight: usize,
 }
 
@@ -114,7 +114,7 @@ impl KinesisConfig {
                 vars.duration("CHECKPOINT_INTERVAL", Duration::from_secs(1))?,
                 ms,
             )?,
-            max_in_flight: vars.int_in_range("MAX_IN_FLIGHT", 500, 1, 10_000)? as usize,
+            max_in_flight: vars.int_in_range("MAX_IN_FLIGHT", 100, 1, 10_000)? as usize,
         })
     }
 }
@@ -178,7 +178,7 @@ mod tests {
         assert_eq!(c.worker_id, "pod-1");
         assert_eq!(c.initial_position, InitialPosition::TrimHorizon);
         assert_eq!(c.lease_duration, Duration::from_secs(10));
-        assert_eq!(c.max_in_flight, 500);
+        assert_eq!(c.max_in_flight, 100);
     }
 
     #[test]

@@ -38,6 +38,10 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken as Stop;
 
+/// Records per `GetRecords` (the API's maximum; a response is at most 10 MB). What the reader
+/// cannot hand over yet waits in the reader, so losing the lease drops it unprocessed.
+const GET_RECORDS_LIMIT: i32 = 10_000;
+
 /// The Kinesis connector.
 #[derive(Debug)]
 pub struct KinesisConnector {
@@ -325,7 +329,7 @@ impl Coordinator {
             stream: self.config.stream.clone(),
             shard: shard.clone(),
             permits: Arc::new(Semaphore::new(self.config.max_in_flight)),
-            limit: self.config.max_in_flight.min(10_000) as i32,
+            limit: GET_RECORDS_LIMIT,
             poll: self.config.poll_interval,
             shared: self.shared.clone(),
             tx: self.tx.clone(),

@@ -58,6 +58,8 @@ struct Args {
     bin_dir: PathBuf,
     out: PathBuf,
     quick: bool,
+    only: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -68,6 +70,8 @@ fn parse_args() -> Result<Args, String> {
         bin_dir: PathBuf::from("target/release"),
         out: PathBuf::from("bench/results"),
         quick: false,
+        only: None,
+        env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -100,11 +104,18 @@ fn parse_args() -> Result<Args, String> {
             "--bin-dir" => a.bin_dir = PathBuf::from(value("--bin-dir")?),
             "--out" => a.out = PathBuf::from(value("--out")?),
             "--quick" => a.quick = true,
+            "--only" => a.only = Some(value("--only")?),
+            "--env" => {
+                let kv = value("--env")?;
+                let (k, v) = kv.split_once('=').ok_or("--env takes NAME=VALUE")?;
+                a.env.push((k.to_owned(), v.to_owned()));
+            }
             "-h" | "--help" => {
                 return Err(
                     "usage: bench [--messages N (100000)] [--backlog N (1000000, 0 = skip)] \
                      [--brokers rabbitmq,kafka,redis,nats,sqs] [--bin-dir target/release] \
-                     [--out bench/results] [--quick]"
+                     [--out bench/results] [--quick] [--only <scenario substring>] \
+                     [--env NAME=VALUE (extra connector variable, repeatable)]"
                         .into(),
                 );
             }
@@ -117,19 +128,27 @@ fn parse_args() -> Result<Args, String> {
 fn scenarios(args: &Args, broker: Broker) -> Vec<Scenario> {
     // The emulator is slow to load; its rows say so rather than pretend.
     let n = if broker == Broker::Sqs {
-        args.messages.min(5_000)
+        args.messages.min(1_000)
     } else {
         args.messages
     };
     let ms = Duration::from_millis(10);
     let mut v = vec![Scenario {
+        name: "idle".into(),
+        latency: Duration::ZERO,
+        in_flight: 100,
+        messages: 0,
+        live: false,
+        backlog: false,
+    }];
+    v.push(Scenario {
         name: "fast sink".into(),
         latency: Duration::ZERO,
         in_flight: 100,
         messages: n,
         live: true,
         backlog: false,
-    }];
+    });
     for (k, cap) in [(1usize, 500u64), (10, 5_000), (100, 50_000)] {
         v.push(Scenario {
             name: format!("10 ms sink x{k}"),
@@ -248,20 +267,26 @@ async fn run_one(args: &Args, broker: Broker, sc: &Scenario, ticks: f64) -> Resu
         sc.messages
     );
     setup.loader.publish(0, sc.messages).await?;
+    let admin_port = connector_core::testkit::free_port();
     let mut env = setup.env.clone();
     env.extend([
         ("HTTP_ENDPOINT", url),
         ("MAX_RETRIES", "0".to_owned()),
         ("CONTENT_TYPE", "application/json".to_owned()),
-        ("ADMIN_ADDR", "off".to_owned()),
-        ("LOG_LEVEL", "warn".to_owned()),
+        ("ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
+        (
+            "LOG_LEVEL",
+            std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".to_owned()),
+        ),
         ("DRAIN_TIMEOUT", "10s".to_owned()),
     ]);
+    let extra = args.env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     let bin = args.bin_dir.join(broker.binary());
     let started = Instant::now();
     let mut child = tokio::process::Command::new(&bin)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true)
@@ -274,6 +299,9 @@ async fn run_one(args: &Args, broker: Broker, sc: &Scenario, ticks: f64) -> Resu
         })?;
     let pid = child.id().ok_or("connector exited at once")?;
     let result = async {
+        if sc.messages == 0 {
+            return idle(broker, sc, pid, admin_port, started).await;
+        }
         if !seen.wait_for(1, Duration::from_secs(60)).await {
             return Err::<Row, Error>("no POST within 60 s of start".into());
         }
@@ -285,14 +313,16 @@ async fn run_one(args: &Args, broker: Broker, sc: &Scenario, ticks: f64) -> Resu
             .expect("one POST");
         let cold = first.saturating_duration_since(started);
         // RSS over the drain, sampled: for the backlog scenario, flat or not.
+        let range: Arc<std::sync::Mutex<Option<(f64, f64)>>> = Arc::default();
+        let sampled = range.clone();
         let sampling = tokio::spawn(async move {
-            let mut range: Option<(f64, f64)> = None;
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 let Some(rss) = proc_status(pid, "VmRSS:") else {
-                    return range;
+                    return;
                 };
-                range = Some(match range {
+                let mut r = sampled.lock().expect("lock");
+                *r = Some(match *r {
                     None => (rss, rss),
                     Some((lo, hi)) => (lo.min(rss), hi.max(rss)),
                 });
@@ -311,7 +341,7 @@ async fn run_one(args: &Args, broker: Broker, sc: &Scenario, ticks: f64) -> Resu
         let cpu = cpu_seconds(pid, ticks).unwrap_or(0.0);
         let peak = proc_status(pid, "VmHWM:").unwrap_or(0.0);
         sampling.abort();
-        let range = sampling.await.ok().flatten();
+        let range = *range.lock().expect("lock");
         let (mut p50, mut p99, mut idle) = (None, None, None);
         if sc.live {
             // A paced live load (about 500 msgs/s in steps of 25) for end-to-end latency.
@@ -362,6 +392,50 @@ async fn run_one(args: &Args, broker: Broker, sc: &Scenario, ticks: f64) -> Resu
     result
 }
 
+/// Connected to an empty source: start to ready (`/readyz` 200), and RSS a second later.
+async fn idle(
+    broker: Broker,
+    sc: &Scenario,
+    pid: u32,
+    port: u16,
+    started: Instant,
+) -> Result<Row, Error> {
+    let deadline = started + Duration::from_secs(60);
+    let ready = loop {
+        if ready(port).await {
+            break started.elapsed();
+        }
+        if Instant::now() > deadline {
+            return Err("/readyz never answered 200".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(Row {
+        broker: broker.name().into(),
+        label: broker.label().into(),
+        scenario: sc.name.clone(),
+        in_flight: sc.in_flight,
+        peak_rss_mb: proc_status(pid, "VmHWM:").unwrap_or(0.0),
+        idle_rss_mb: proc_status(pid, "VmRSS:"),
+        cold_start_ms: ready.as_secs_f64() * 1000.0,
+        ..Row::default()
+    })
+}
+
+async fn ready(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).await.unwrap_or(0);
+    buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200")
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -409,6 +483,16 @@ fn table(rows: &[Row]) -> String {
             out.push_str(&format!(
                 "| {broker} | {} | {} | failed: {e} |||||||||||||\n",
                 r.scenario, r.messages
+            ));
+            continue;
+        }
+        if r.messages == 0 {
+            out.push_str(&format!(
+                "| {broker} | {} | – | – | – | – | – | – | – | – | {:.1} | {} | – | – | {:.0} (to ready) |\n",
+                r.scenario,
+                r.peak_rss_mb,
+                f(r.idle_rss_mb, 1),
+                r.cold_start_ms,
             ));
             continue;
         }
@@ -469,9 +553,12 @@ async fn main() -> std::process::ExitCode {
     let mut hops: HashMap<(u64, usize), f64> = HashMap::new();
     let mut rows = Vec::new();
     for &broker in &args.brokers {
-        for sc in scenarios(&args, broker) {
+        let wanted = |sc: &Scenario| args.only.as_deref().is_none_or(|o| sc.name.contains(o));
+        for sc in scenarios(&args, broker).into_iter().filter(wanted) {
             let key = (sc.latency.as_millis() as u64, sc.in_flight);
-            if let std::collections::hash_map::Entry::Vacant(slot) = hops.entry(key) {
+            if sc.messages == 0 {
+                // Nothing to compare with.
+            } else if let std::collections::hash_map::Entry::Vacant(slot) = hops.entry(key) {
                 let n = sc.messages.min(args.messages);
                 eprintln!(
                     "bench: bare HTTP hop, sink {} ms, in-flight {}",
@@ -493,7 +580,7 @@ async fn main() -> std::process::ExitCode {
                     }
                 }
             };
-            row.hop_msgs_per_s = hops[&key];
+            row.hop_msgs_per_s = hops.get(&key).copied().unwrap_or(0.0);
             eprintln!(
                 "{}",
                 table(std::slice::from_ref(&row))

@@ -71,7 +71,15 @@ impl Connector for KafkaConnector {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", config.offset_reset)
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // librdkafka prefetches up to 100 000 messages / 64 MB per partition by default;
+            // the dispatcher holds at most MAX_IN_FLIGHT, so a few thousand are plenty, and
+            // peak memory under load drops from ~58 MB to ~25 MB (`cargo xtask bench`).
+            .set(
+                "queued.min.messages",
+                config.max_in_flight.max(1000).to_string(),
+            )
+            .set("queued.max.messages.kbytes", "4096");
         apply_properties(&mut consumer_config, &config);
         let consumer: Arc<StreamConsumer<Context>> =
             Arc::new(consumer_config.create_with_context(context)?);
@@ -82,7 +90,11 @@ impl Connector for KafkaConnector {
         producer_config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", "60000");
+            .set("message.timeout.ms", "60000")
+            // Each outcome is awaited before its record settles: the default 5 ms linger is
+            // added to every message (at in-flight 1, 57 instead of 78 msgs/s against a 10 ms
+            // function); 1 ms keeps batching under load.
+            .set("linger.ms", "1");
         apply_properties(&mut producer_config, &config);
         let producer: FutureProducer = producer_config.create()?;
 
