@@ -228,6 +228,8 @@ async fn fetch(
 ) {
     let processing = config.processing_list();
     let mut backoff = connector_core::backoff::ReconnectBackoff::default();
+    let max_extra = config.max_in_flight.clamp(1, 100) - 1;
+    let mut extra = 0;
     while !stop.is_cancelled() {
         let moved: redis::RedisResult<Option<Vec<u8>>> = conn
             .blmove(
@@ -242,10 +244,32 @@ async fn fetch(
             Ok(Some(item)) => {
                 backoff.reset();
                 health.set_ready(true);
-                tokio::select! {
-                    sent = tx.send(item) => if sent.is_err() { return },
-                    // Left in the processing list; returned to the source after the drain.
-                    () = stop.cancelled() => return,
+                // With a backlog, one blocking move per message makes the fetcher a round trip
+                // per message; move more in one pipelined round trip, as many as the last batch
+                // suggests (doubling while the list keeps up), never more than the in-flight
+                // bound. With MAX_IN_FLIGHT=1 (in order) nothing changes.
+                let mut batch = vec![item];
+                if extra > 0 {
+                    let mut pipe = redis::pipe();
+                    for _ in 0..extra {
+                        pipe.lmove(&config.list, &processing, Direction::Left, Direction::Right);
+                    }
+                    let more: redis::RedisResult<Vec<Option<Vec<u8>>>> =
+                        pipe.query_async(&mut conn).await;
+                    if let Ok(more) = more {
+                        let full = more.iter().all(Option::is_some);
+                        batch.extend(more.into_iter().flatten());
+                        extra = if full { (extra * 2).min(max_extra) } else { 1.min(max_extra) };
+                    }
+                } else {
+                    extra = 1.min(max_extra);
+                }
+                for item in batch {
+                    tokio::select! {
+                        sent = tx.send(item) => if sent.is_err() { return },
+                        // Left in the processing list; returned to the source after the drain.
+                        () = stop.cancelled() => return,
+                    }
                 }
             }
             Ok(None) => health.set_ready(true),
