@@ -259,7 +259,11 @@ async fn fetch(
                     if let Ok(more) = more {
                         let full = more.iter().all(Option::is_some);
                         batch.extend(more.into_iter().flatten());
-                        extra = if full { (extra * 2).min(max_extra) } else { 1.min(max_extra) };
+                        extra = if full {
+                            (extra * 2).min(max_extra)
+                        } else {
+                            1.min(max_extra)
+                        };
                     }
                 } else {
                     extra = 1.min(max_extra);
