@@ -467,6 +467,7 @@ pub struct Process {
     logs: Arc<Mutex<Vec<String>>>,
     logged: Arc<Notify>,
     limit: Duration,
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Process {
@@ -488,7 +489,7 @@ impl Process {
         let stderr = child.stderr.take().expect("piped stderr");
         let mut lines = tokio::io::BufReader::new(stderr).lines();
         let (l, n) = (logs.clone(), logged.clone());
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 l.lock().expect("lock").push(line);
                 n.notify_waiters();
@@ -499,6 +500,7 @@ impl Process {
             logs,
             logged,
             limit: Duration::from_secs(60),
+            reader: Some(reader),
         }
     }
 
@@ -541,10 +543,15 @@ impl Process {
 
     /// Waits for the process to exit.
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        match tokio::time::timeout(self.limit, self.child.wait()).await {
+        let status = match tokio::time::timeout(self.limit, self.child.wait()).await {
             Ok(status) => status.expect("wait for child"),
             Err(_) => panic!("the connector did not exit; logs:\n{}", self.logs()),
+        };
+        // The exit can be seen before the last log lines are read: wait for the pipe's end.
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
         }
+        status
     }
 
     /// SIGTERM, and require a clean exit (0).
