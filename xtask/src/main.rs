@@ -6,6 +6,10 @@
 //!   when a broker the tests need is not reachable or installed, saying how to get it.
 //! - `bench`: builds the connectors and `crates/bench` in release mode and runs the benchmark
 //!   (arguments are passed on; `cargo xtask bench -- --help`). Results go to `bench/results/`.
+//! - `images`: static release binaries and one `FROM scratch` image per connector
+//!   (`cargo xtask images --help`; the image definition is `images/Containerfile`).
+
+mod images;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::{Command, ExitCode};
@@ -16,11 +20,13 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("images") => images::images(&args[1..]),
         Some("help") | Some("--help") | None => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  test [-- <cargo test args>]   fmt check, clippy -D warnings, all tests (brokers required)\n  \
-                 bench [-- <bench args>]       release build, then throughput/latency/memory/CPU/cold start per connector"
+                 bench [-- <bench args>]       release build, then throughput/latency/memory/CPU/cold start per connector\n  \
+                 images [options]              static binaries and one container image per connector (--help)"
             );
             Ok(())
         }
@@ -35,11 +41,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
+}
+
 fn cargo(args: &[&str]) -> Result<(), String> {
+    cargo_with_env(args, &[])
+}
+
+fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    eprintln!("xtask: cargo {}", args.join(" "));
+    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v:?} ")).collect();
+    eprintln!("xtask: {}cargo {}", shown.concat(), args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .map_err(|e| format!("cannot run {cargo}: {e}"))?;
     if status.success() {
@@ -153,9 +173,23 @@ fn test(extra: &[String]) -> Result<(), String> {
              (Debian package google-cloud-cli-pubsub-emulator), or set PUBSUB_EMULATOR_BIN"
         ));
     }
+    for tool in ["kubernetes-validate", "check-jsonschema"] {
+        let ok = Command::new(tool)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            missing.push(format!(
+                "  {tool} (validates examples/ offline) is not installed; install it with: \
+                 pip install kubernetes-validate check-jsonschema"
+            ));
+        }
+    }
     if !missing.is_empty() {
         return Err(format!(
-            "the integration tests need these brokers:\n{}",
+            "the tests need these brokers and tools:\n{}",
             missing.join("\n")
         ));
     }
