@@ -49,6 +49,14 @@ fn workspace_root() -> std::path::PathBuf {
         .unwrap_or_default()
 }
 
+/// Runs `cmd` with its output discarded; true when it ran and exited 0.
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn cargo(args: &[&str]) -> Result<(), String> {
     cargo_with_env(args, &[])
 }
@@ -152,13 +160,7 @@ fn test(extra: &[String]) -> Result<(), String> {
         );
     }
     let moto = std::env::var("MOTO_SERVER_BIN").unwrap_or_else(|_| "moto_server".to_owned());
-    let moto_ok = Command::new(&moto)
-        .arg("--help")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !moto_ok {
+    if !succeeds(Command::new(&moto).arg("--help")) {
         missing.push(format!(
             "  the moto server ({moto}) for SQS, Kinesis and DynamoDB is not installed; install it \
              with: pip install 'moto[server]' (or set MOTO_SERVER_BIN)"
@@ -174,13 +176,7 @@ fn test(extra: &[String]) -> Result<(), String> {
         ));
     }
     for tool in ["kubernetes-validate", "check-jsonschema"] {
-        let ok = Command::new(tool)
-            .arg("--version")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
+        if !succeeds(Command::new(tool).arg("--version")) {
             missing.push(format!(
                 "  {tool} (validates examples/ offline) is not installed; install it with: \
                  pip install kubernetes-validate check-jsonschema"
