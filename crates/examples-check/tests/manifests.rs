@@ -11,7 +11,8 @@
 //!   reads; the same for the environment Fission builds from the MessageQueueTrigger;
 //! - image names, probes, the admin port, the grace period and the security context agree
 //!   with the connector and the image;
-//! - `examples/fission/values.yaml` swaps every Fission connector image we ship.
+//! - `examples/fission/values.yaml` swaps every Fission connector image we ship;
+//! - the GitHub workflows are valid workflows.
 
 use base64::Engine as _;
 use connector_core::app::{Connector, configure};
@@ -832,4 +833,28 @@ fn examples_are_valid_and_match_the_connectors() {
 
     validate_core(&manifest_files, &all_docs);
     validate_custom(&all_docs);
+}
+
+/// The GitHub workflows cannot run here; at least they must be valid workflows (check-jsonschema
+/// carries GitHub's workflow schema, so this works offline).
+#[test]
+fn github_workflows_are_valid() {
+    let dir = root().join(".github/workflows");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "ci.yml and release.yml");
+    let out = tool("check-jsonschema")
+        .args(["--builtin-schema", "vendor.github-workflows"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
