@@ -127,6 +127,11 @@ const BROKERS: &[(&str, &str, &str)] = &[
         "nats-server -js -a 127.0.0.1 -p 4222 &   (Debian: apt-get install nats-server)",
     ),
     (
+        "PostgreSQL (for examples/custom-connector)",
+        "127.0.0.1:5432",
+        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start   (Debian: apt-get install postgresql)",
+    ),
+    (
         "Redis",
         "127.0.0.1:6379",
         "redis-server --daemonize yes --port 6379 --save \"\"   (Debian: apt-get install redis-server)",
