@@ -77,6 +77,16 @@ impl Engine {
         }
     }
 
+    /// `<engine> <args>`, pointed at xtask's containers.conf when there is one.
+    fn command(self, conf: Option<&Path>, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.program());
+        cmd.args(args);
+        if let Some(conf) = conf {
+            cmd.env("CONTAINERS_CONF", conf);
+        }
+        cmd
+    }
+
     fn parse(s: &str) -> Result<Self, String> {
         match s {
             "docker" => Ok(Engine::Docker),
@@ -219,14 +229,7 @@ pub fn images(args: &[String]) -> Result<(), String> {
         None => Engine::detect()?,
     };
     let conf = containers_conf(&root, engine)?;
-    let run_engine = |args: &[&str]| -> Command {
-        let mut cmd = Command::new(engine.program());
-        cmd.args(args);
-        if let Some(conf) = &conf {
-            cmd.env("CONTAINERS_CONF", conf);
-        }
-        cmd
-    };
+    let run_engine = |args: &[&str]| engine.command(conf.as_deref(), args);
 
     let target = match &opts.target {
         Some(t) => t.clone(),
@@ -286,14 +289,7 @@ pub fn images(args: &[String]) -> Result<(), String> {
             }
             e => e,
         };
-        let run_with = |args: &[&str]| -> Command {
-            let mut cmd = Command::new(inspector.program());
-            cmd.args(args);
-            if let Some(conf) = &conf {
-                cmd.env("CONTAINERS_CONF", conf);
-            }
-            cmd
-        };
+        let run_with = |args: &[&str]| inspector.command(conf.as_deref(), args);
         let mut failures = Vec::new();
         for c in &connectors {
             let image = image_name(&opts, c);
