@@ -113,7 +113,13 @@ pub async fn run<C: Connector>(connector: C, settings: Settings) -> ExitCode {
         options,
         &format!("{}/{}", C::NAME, C::VERSION),
     );
-    spawn_signal_handler(engine.clone());
+    let drain_timeout = engine.settings().dispatch.drain_timeout;
+    spawn_signal_handler(engine.shutdown().clone(), move || {
+        tracing::info!(
+            ?drain_timeout,
+            "shutdown requested; draining in-flight messages"
+        );
+    });
 
     if let Some(addr) = admin_addr {
         match AdminServer::bind(addr).await {
@@ -162,8 +168,12 @@ pub async fn run<C: Connector>(connector: C, settings: Settings) -> ExitCode {
     }
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.
-fn spawn_signal_handler(engine: Engine) {
+/// First SIGTERM/SIGINT: `on_first` (a log line) and `shutdown` is cancelled for a graceful
+/// stop. A second one: exit at once.
+pub(crate) fn spawn_signal_handler(
+    shutdown: tokio_util::sync::CancellationToken,
+    on_first: impl FnOnce() + Send + 'static,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int)) = (
@@ -174,11 +184,8 @@ fn spawn_signal_handler(engine: Engine) {
             return;
         };
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::info!(
-            drain_timeout = ?engine.settings().dispatch.drain_timeout,
-            "shutdown requested; draining in-flight messages"
-        );
-        engine.shutdown().cancel();
+        on_first();
+        shutdown.cancel();
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::warn!("second signal; exiting without draining");
         std::process::exit(130);

@@ -34,7 +34,9 @@
 //! (`/metrics`, `/healthz`, `/readyz`) and [`app`] (`--version`, signals, exit codes).
 //! [`tracker`] serves brokers whose position only moves forward (Kafka partitions, Kinesis
 //! shards): it commits only the contiguous settled prefix. The `aws` feature adds `aws`, the AWS
-//! SDK setup shared by the SQS and Kinesis connectors.
+//! SDK setup shared by the SQS and Kinesis connectors. The `scaler` feature adds `scaler`: a
+//! KEDA external-push scaler (KEDA's gRPC `ExternalScaler`) for any source that implements its
+//! `Backlog` trait, for brokers KEDA has no scaler for.
 //!
 //! ## Writing a connector
 //!
@@ -42,6 +44,117 @@
 //! build your `Source` and `Publisher`, and call [`engine::Engine::dispatch`] — again after a
 //! reconnect when it returns [`dispatch::DispatchEnd::SourceEnded`]. Then
 //! `fn main() -> ExitCode { connector_core::app::main::<MyConnector>() }`.
+//!
+//! A complete connector for a "broker" that is a list of payloads in an environment variable.
+//! It runs here against the test sink of the `testkit` feature standing in for a function: the
+//! sink answers `400` to `bad` and upper-cases everything else. Its `main` would be the one line
+//! above; the example calls [`app::run`] with an explicit environment instead.
+//!
+//! ```
+//! use connector_core::config::Vars;
+//! use connector_core::dispatch::{NextDelivery, Outbound};
+//! use connector_core::testkit::{Reply, Sink};
+//! use connector_core::{Acknowledger, BoxError, ConfigError, Connector, Delivery, Destination};
+//! use connector_core::{DispatchOptions, Engine, Env, Message, Publisher, Settings, Source};
+//! use std::sync::{Arc, Mutex};
+//!
+//! /// Where outcomes end up: (destination, body). A real publisher writes to the broker.
+//! type Written = Arc<Mutex<Vec<(Destination, String)>>>;
+//!
+//! struct ListConnector { items: Vec<String>, written: Written }
+//!
+//! impl Connector for ListConnector {
+//!     const NAME: &'static str = "list-connector";
+//!     const VERSION: &'static str = "0.1.0";
+//!
+//!     // Only this connector's own variables: TOPIC, HTTP_ENDPOINT, MAX_RETRIES, ... are
+//!     // already parsed into `Settings`.
+//!     fn from_env(env: &dyn Env, _: &Settings) -> Result<Self, ConfigError> {
+//!         let items = Vars::new(env).required("LIST_ITEMS")?;
+//!         Ok(Self { items: items.split(',').map(String::from).collect(), written: Written::default() })
+//!     }
+//!
+//!     fn dispatch_options(&self) -> DispatchOptions {
+//!         DispatchOptions { max_in_flight: 4, lane_concurrency: 0 }
+//!     }
+//!
+//!     // Connect (a real connector loops with `engine.connect` and a backoff), then dispatch.
+//!     async fn run(self, engine: Engine) -> Result<(), BoxError> {
+//!         let mut source = ListSource(self.items.into_iter());
+//!         engine.health().set_ready(true);
+//!         engine.dispatch(&mut source, &Arc::new(ListPublisher(self.written))).await;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! struct ListSource(std::vec::IntoIter<String>);
+//!
+//! impl Source for ListSource {
+//!     type Meta = ();
+//!     type Ack = ListAck;
+//!     async fn next(&mut self) -> NextDelivery<Self> {
+//!         // `None` ends the source: the dispatcher drains what is in flight and returns.
+//!         Ok(self.0.next().map(|item| Delivery {
+//!             message: Message { payload: item.into(), ..Message::default() },
+//!             meta: (),
+//!             ack: ListAck,
+//!         }))
+//!     }
+//!     async fn stop(&mut self) {}
+//! }
+//!
+//! /// Called only after the outcome was written: this is where a broker forgets the message.
+//! struct ListAck;
+//!
+//! impl Acknowledger for ListAck {
+//!     async fn ack(self) -> Result<(), BoxError> { Ok(()) }
+//!     async fn requeue(self, _: Message) -> Result<(), BoxError> { Ok(()) }
+//! }
+//!
+//! struct ListPublisher(Written);
+//!
+//! impl Publisher<()> for ListPublisher {
+//!     async fn publish(&self, record: Outbound<'_, ()>) -> Result<(), BoxError> {
+//!         let body = String::from_utf8_lossy(&record.body).into_owned();
+//!         self.0.lock().unwrap().push((record.destination, body));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() {
+//! let sink = Sink::start().await;
+//! sink.respond(|r| match &r.body[..] {
+//!     b"bad" => Reply::status(400).body("no"),
+//!     body => Reply::status(200).body(body.to_ascii_uppercase()),
+//! });
+//! let endpoint = sink.url("/fn");
+//! let env = [
+//!     ("TOPIC", "items"),
+//!     ("HTTP_ENDPOINT", endpoint.as_str()),
+//!     ("MAX_RETRIES", "2"),
+//!     ("CONTENT_TYPE", "text/plain"),
+//!     ("RESPONSE_TOPIC", "answers"),
+//!     ("ERROR_TOPIC", "failures"),
+//!     ("LIST_ITEMS", "a,bad,c"),
+//! ];
+//! let (settings, connector) = connector_core::app::configure::<ListConnector>(&env).unwrap();
+//! let written = connector.written.clone();
+//! let code = connector_core::app::run(connector, settings).await;
+//! assert_eq!(code, std::process::ExitCode::SUCCESS);
+//!
+//! let mut written = written.lock().unwrap().clone();
+//! written.sort_by(|a, b| a.1.cmp(&b.1));
+//! assert_eq!(written.len(), 3);
+//! assert_eq!(written[0], (Destination::Response, "A".to_owned()));
+//! assert_eq!(written[1], (Destination::Response, "C".to_owned()));
+//! // The error document, byte-compatible with the original's:
+//! let (destination, document) = &written[2];
+//! assert_eq!(*destination, Destination::Error);
+//! assert!(document.starts_with(r#"{"FunctionHTTPRequest":{"Message":"bad","#), "{document}");
+//! assert!(document.contains(r#""ResponseBody":"no","StatusCode":400,"#), "{document}");
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
@@ -56,6 +169,8 @@ pub mod engine;
 pub mod error_doc;
 pub mod headers;
 pub mod invoker;
+#[cfg(feature = "scaler")]
+pub mod scaler;
 pub mod signing;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

@@ -145,6 +145,23 @@ pub enum LogLevel {
     Trace,
 }
 
+impl LogLevel {
+    /// Parses `LOG_LEVEL` (`error`, `warn`, `info`, `debug`, `trace`; default `info`).
+    pub fn from_vars(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+        vars.choice(
+            "LOG_LEVEL",
+            Self::Info,
+            &[
+                ("error", Self::Error),
+                ("warn", Self::Warn),
+                ("info", Self::Info),
+                ("debug", Self::Debug),
+                ("trace", Self::Trace),
+            ],
+        )
+    }
+}
+
 /// Everything `connector-core` reads from the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -256,17 +273,7 @@ impl Settings {
             },
         };
 
-        let log_level = vars.choice(
-            "LOG_LEVEL",
-            LogLevel::Info,
-            &[
-                ("error", LogLevel::Error),
-                ("warn", LogLevel::Warn),
-                ("info", LogLevel::Info),
-                ("debug", LogLevel::Debug),
-                ("trace", LogLevel::Trace),
-            ],
-        )?;
+        let log_level = LogLevel::from_vars(&vars)?;
 
         Ok(Self {
             common,
