@@ -473,9 +473,15 @@ pub struct Process {
 impl Process {
     /// Starts `binary` with exactly `env` (plus `ADMIN_ADDR=off` unless given).
     pub fn start(binary: &str, env: &[(&str, String)]) -> Self {
+        Self::start_with_args(binary, &[], env)
+    }
+
+    /// Starts `binary args...` with exactly `env` (plus `ADMIN_ADDR=off` unless given).
+    pub fn start_with_args(binary: &str, args: &[&str], env: &[(&str, String)]) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut cmd = tokio::process::Command::new(binary);
-        cmd.env_clear()
+        cmd.args(args)
+            .env_clear()
             .env("ADMIN_ADDR", "off")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(std::process::Stdio::null())

@@ -755,6 +755,154 @@ fn validate_custom(docs: &[Doc]) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The container of Deployment `name`, its environment (Secrets resolved) and its pod labels.
+fn container_env(docs: &[Doc], name: &str) -> (Value, BTreeMap<String, String>, Value) {
+    let file = "custom-connector/deploy.yaml";
+    let d = docs
+        .iter()
+        .find(|d| d.kind() == "Deployment" && d.name() == name)
+        .unwrap_or_else(|| panic!("{file}: Deployment {name}"));
+    let pod = &d.value["spec"]["template"];
+    let c = pod["spec"]["containers"][0].clone();
+    let mut env = BTreeMap::new();
+    for e in c["env"].as_array().expect("env") {
+        let var = e["name"].as_str().unwrap().to_owned();
+        let value = match (e.get("value"), e["valueFrom"].get("secretKeyRef")) {
+            (Some(v), _) => v.as_str().expect("string value").to_owned(),
+            (_, Some(r)) => secret_value(
+                docs,
+                r["name"].as_str().unwrap(),
+                r["key"].as_str().unwrap(),
+            )
+            .unwrap_or_else(|| panic!("{file}: {var}: the Secret key is not in the file")),
+            _ => panic!("{file}: {var}: only value and secretKeyRef are checked here"),
+        };
+        assert!(
+            env.insert(var, value).is_none(),
+            "{file}: {name} sets a variable twice"
+        );
+    }
+    (c, env, pod["metadata"]["labels"].clone())
+}
+
+/// `examples/custom-connector/deploy.yaml`: the connector and its external-push scaler (the
+/// same image; the scaler in `scaler` mode), the scaler's Service, and a ScaledObject that
+/// reaches the scaler through that Service and scales the connector.
+fn check_custom_connector(docs: &[Doc]) {
+    let file = "custom-connector/deploy.yaml";
+    // The example's own variables (examples/custom-connector/src/*.rs); the common ones are
+    // checked by the core parser below.
+    const CONNECTOR_VARS: &[&str] = &[
+        "DATABASE_URL",
+        "MAX_IN_FLIGHT",
+        "CLAIM_TIMEOUT",
+        "POLL_INTERVAL",
+    ];
+    const SCALER_VARS: &[&str] = &["DATABASE_URL", "TOPIC"];
+
+    let so = one(docs, "ScaledObject", file);
+    let target = so.value["spec"]["scaleTargetRef"]["name"].as_str().unwrap();
+    let (connector, env, _) = container_env(docs, target);
+    let recording = Recording::new(env.clone());
+    Settings::from_env(&recording).unwrap_or_else(|e| panic!("{file}: {target}: {e}"));
+    let read = recording.read.into_inner();
+    for var in env.keys() {
+        assert!(
+            read.contains(var) || CONNECTOR_VARS.contains(&var.as_str()),
+            "{file}: {target} sets {var}, which the connector never reads"
+        );
+    }
+    assert!(
+        env.contains_key("DATABASE_URL"),
+        "{file}: {target}: DATABASE_URL"
+    );
+
+    let scaler_deployments: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| d.kind() == "Deployment" && d.name() != target)
+        .collect();
+    assert_eq!(scaler_deployments.len(), 1, "{file}: one scaler Deployment");
+    let (scaler, scaler_env, labels) = container_env(docs, scaler_deployments[0].name());
+    assert_eq!(
+        scaler["image"], connector["image"],
+        "{file}: the scaler is the connector's binary"
+    );
+    assert_eq!(scaler["args"], json!(["scaler"]), "{file}: scaler mode");
+    let recording = Recording::new(scaler_env.clone());
+    let settings = connector_core::scaler::ScalerSettings::from_env(&recording)
+        .unwrap_or_else(|e| panic!("{file}: scaler: {e}"));
+    let read = recording.read.into_inner();
+    for var in scaler_env.keys() {
+        assert!(
+            read.contains(var) || SCALER_VARS.contains(&var.as_str()),
+            "{file}: the scaler is given {var}, which it never reads"
+        );
+    }
+    for var in SCALER_VARS {
+        assert_eq!(
+            scaler_env.get(*var),
+            env.get(*var),
+            "{file}: scaler and connector {var}"
+        );
+    }
+    let grpc = scaler["ports"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "grpc"))
+        .unwrap_or_else(|| panic!("{file}: the scaler's grpc port"));
+    assert_eq!(
+        grpc["containerPort"].as_u64(),
+        Some(u64::from(settings.addr.port())),
+        "{file}: port = SCALER_ADDR"
+    );
+
+    let service = one(docs, "Service", file);
+    let selector = service.value["spec"]["selector"]
+        .as_object()
+        .expect("selector");
+    for (k, v) in selector {
+        assert_eq!(&labels[k], v, "{file}: the Service selects the scaler pods");
+    }
+    let port = &service.value["spec"]["ports"][0];
+    assert_eq!(
+        port["targetPort"], "grpc",
+        "{file}: Service → scaler grpc port"
+    );
+    let namespace = service.value["metadata"]["namespace"]
+        .as_str()
+        .expect("namespace");
+    let address = format!(
+        "{}.{namespace}.svc.cluster.local:{}",
+        service.name(),
+        port["port"]
+    );
+
+    let trigger = &so.value["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "external-push", "{file}: trigger type");
+    assert_eq!(
+        trigger["metadata"]["scalerAddress"],
+        json!(address),
+        "{file}: scalerAddress reaches the Service"
+    );
+    for key in ["targetBacklog", "activationBacklog"] {
+        if let Some(v) = trigger["metadata"].get(key) {
+            assert!(
+                v.as_str().and_then(|v| v.parse::<u64>().ok()).is_some(),
+                "{file}: {key} must be an integer in a string"
+            );
+        }
+    }
+    for d in docs {
+        assert!(
+            matches!(
+                d.kind(),
+                "Secret" | "Deployment" | "Service" | "ScaledObject"
+            ),
+            "{file}: unexpected {}",
+            d.kind()
+        );
+    }
+}
+
 fn check_helm_values(docs: &[Doc]) {
     let values = &docs[0].value["mqt_keda"]["connector_images"];
     let map = values.as_object().expect("mqt_keda.connector_images");
@@ -819,6 +967,11 @@ fn examples_are_valid_and_match_the_connectors() {
         all_docs.extend(trigger);
     }
     check_helm_values(&load(&base.join("fission/values.yaml")));
+    let custom = base.join("custom-connector/deploy.yaml");
+    let docs = load(&custom);
+    check_custom_connector(&docs);
+    manifest_files.push(custom);
+    all_docs.extend(docs);
 
     // No stray manifests that escape these checks.
     let mut everything = Vec::new();

@@ -7,6 +7,10 @@
 //!
 //! Tables: see `schema.sql`. Variables: the common ones (`TOPIC`, `HTTP_ENDPOINT`, ...),
 //! `DATABASE_URL`, `MAX_IN_FLIGHT` (10), `CLAIM_TIMEOUT` (60s), `POLL_INTERVAL` (500ms).
+//! `custom-connector scaler` runs the KEDA external-push scaler for the table instead
+//! (`backlog.rs`).
+
+mod backlog;
 
 use connector_core::backoff::ReconnectBackoff;
 use connector_core::config::{Secret, Vars};
@@ -169,5 +173,8 @@ impl Publisher<()> for PgPublisher {
 }
 
 fn main() -> std::process::ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "scaler") {
+        return connector_core::scaler::main::<backlog::PgBacklog>();
+    }
     connector_core::app::main::<PgQueue>()
 }

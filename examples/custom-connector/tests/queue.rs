@@ -1,7 +1,9 @@
 //! The custom connector against the local PostgreSQL (127.0.0.1:5432, database `test`, trust
 //! auth; override with `PG_URL`), invoked through the real binary.
 
-use connector_core::testkit::{Process, Reply, Sink, assert_config_error, unique};
+use connector_core::scaler::proto::external_scaler_client::ExternalScalerClient;
+use connector_core::scaler::proto::{GetMetricsRequest, ScaledObjectRef};
+use connector_core::testkit::{Process, Reply, Sink, assert_config_error, free_port, unique};
 use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
 
@@ -216,4 +218,132 @@ fn bad_configuration_is_one_line_without_the_password() {
         "CLAIM_TIMEOUT",
         "s3cret-pw",
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scaler_pushes_activation_when_rows_arrive_and_when_they_are_drained() {
+    let db = db().await;
+    let t = tables(&db).await;
+    let port = free_port();
+    let mut scaler = Process::start_with_args(
+        BIN,
+        &["scaler"],
+        &[
+            ("DATABASE_URL", url()),
+            ("TOPIC", t[0].clone()),
+            ("SCALER_ADDR", format!("127.0.0.1:{port}")),
+            ("SCALER_POLL_INTERVAL", "100ms".to_owned()),
+        ],
+    );
+    scaler.wait_log("scaler listening", 1).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ExternalScalerClient::new(channel);
+    let object = ScaledObjectRef {
+        name: "pg-queue".into(),
+        namespace: "default".into(),
+        scaler_metadata: [
+            ("scalerAddress", format!("127.0.0.1:{port}")),
+            ("targetBacklog", "10".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+    };
+    let spec = client.get_metric_spec(object.clone()).await.unwrap();
+    let spec = &spec.get_ref().metric_specs[0];
+    assert_eq!(
+        (spec.metric_name.as_str(), spec.target_size),
+        ("backlog", 10)
+    );
+    let metrics = async |client: &mut ExternalScalerClient<_>| {
+        let request = GetMetricsRequest {
+            scaled_object_ref: Some(object.clone()),
+            metric_name: "backlog".into(),
+        };
+        client
+            .get_metrics(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .metric_values[0]
+            .metric_value
+    };
+
+    let mut stream = client
+        .stream_is_active(object.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("a push within 30 s")
+            .expect("stream healthy")
+            .map(|r| r.result)
+    };
+    assert_eq!(
+        next().await,
+        Some(false),
+        "empty table: inactive, sent at once"
+    );
+    for i in 0..25 {
+        db.execute(
+            &format!("INSERT INTO {} (payload) VALUES ($1)", t[0]),
+            &[&format!("row-{i}").into_bytes()],
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(next().await, Some(true), "rows arrived: activation pushed");
+    assert_eq!(metrics(&mut client).await, 25);
+    assert!(
+        client
+            .is_active(object.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+    );
+
+    let sink = Sink::start().await;
+    let mut connector = Process::start(BIN, &env(&sink, &t, &[]));
+    assert_eq!(next().await, Some(false), "drained: deactivation pushed");
+    assert_eq!(
+        count(&db, &t[1]).await,
+        25,
+        "every row answered before the backlog hit 0"
+    );
+    assert_eq!(metrics(&mut client).await, 0);
+    connector.stop().await;
+
+    scaler.stop().await;
+    assert_eq!(next().await, None, "SIGTERM ends the stream cleanly");
+}
+
+#[test]
+fn scaler_mode_bad_configuration_is_one_line_without_the_password() {
+    let run = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(BIN)
+            .arg("scaler")
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(78), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("custom-connector scaler: configuration error:"));
+        assert!(!stderr.contains("s3cret-pw"), "{stderr}");
+        stderr
+    };
+    let url = ("DATABASE_URL", "postgres://u:s3cret-pw@127.0.0.1/test");
+    assert!(run(&[("TOPIC", "t")]).contains("DATABASE_URL"));
+    assert!(run(&[url]).contains("TOPIC"));
+    assert!(run(&[url, ("TOPIC", "t"), ("SCALER_ADDR", "6000")]).contains("SCALER_ADDR"));
+    let poll = [url, ("TOPIC", "t"), ("SCALER_POLL_INTERVAL", "often")];
+    assert!(run(&poll).contains("SCALER_POLL_INTERVAL"));
 }
