@@ -6,6 +6,9 @@
 //!   when a broker the tests need is not reachable or installed, saying how to get it.
 //! - `bench`: builds the connectors and `crates/bench` in release mode and runs the benchmark
 //!   (arguments are passed on; `cargo xtask bench -- --help`). Results go to `bench/results/`.
+//! - `demo`: builds the demo and a connector in release mode and runs it: librdkafka's mock
+//!   cluster (no broker to install), an echo function and the Kafka connector, messages in,
+//!   responses and an error document out (`cargo xtask demo -- --help` for other brokers).
 //! - `images`: static release binaries and one `FROM scratch` image per connector
 //!   (`cargo xtask images --help`; the image definition is `images/Containerfile`).
 
@@ -21,11 +24,13 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("images") => images::images(&args[1..]),
+        Some("demo") => demo(&args[1..]),
         Some("help") | Some("--help") | None => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  test [-- <cargo test args>]   fmt check, clippy -D warnings, all tests (brokers required)\n  \
                  bench [-- <bench args>]       release build, then throughput/latency/memory/CPU/cold start per connector\n  \
+                 demo [-- <demo args>]         a connector's whole job in one command, no broker to install (-- --help)\n  \
                  images [options]              static binaries and one container image per connector (--help)"
             );
             Ok(())
@@ -111,6 +116,45 @@ fn bench(extra: &[String]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("the benchmark failed ({status})"))
+    }
+}
+
+/// Builds the demo and the connector it runs (release), then runs it with `extra` arguments.
+fn demo(extra: &[String]) -> Result<(), String> {
+    let args: Vec<&str> = extra
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--")
+        .collect();
+    // The connector the demo will start: the value of --broker/-b (default kafka).
+    let broker = args
+        .iter()
+        .position(|a| *a == "--broker" || *a == "-b")
+        .and_then(|i| args.get(i + 1).copied())
+        .or_else(|| args.iter().find_map(|a| a.strip_prefix("--broker=")))
+        .unwrap_or("kafka");
+    let connector = match broker {
+        "kafka" => "kafka-http-connector",
+        "redis" => "redis-http-connector",
+        "rabbitmq" => "rabbitmq-http-connector",
+        "nats" | "nats-jetstream" => "nats-jetstream-http-connector",
+        other => {
+            return Err(format!(
+                "--broker: expected kafka, redis, rabbitmq or nats, got {other:?}"
+            ));
+        }
+    };
+    cargo(&["build", "--release", "-p", "demo", "-p", connector])?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
+    let bin = std::path::Path::new(&target).join("release").join("demo");
+    let status = Command::new(&bin)
+        .args(&args)
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the demo failed ({status})"))
     }
 }
 

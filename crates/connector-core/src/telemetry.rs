@@ -167,9 +167,16 @@ impl Health {
     pub fn set_alive(&self, alive: bool) {
         self.alive.store(alive, Ordering::Relaxed);
     }
-    /// Marks the source as connected and consuming (or not).
+    /// Marks the source as connected and consuming (or not); each change is logged (`ready` /
+    /// `not ready`), so an operator (or a test) sees when consumption starts and stops.
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+        if self.ready.swap(ready, Ordering::Relaxed) != ready {
+            if ready {
+                tracing::info!(ready, "ready");
+            } else {
+                tracing::info!(ready, "not ready");
+            }
+        }
     }
     /// Whether the dispatch loop is running.
     pub fn is_alive(&self) -> bool {

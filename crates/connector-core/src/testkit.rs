@@ -510,6 +510,11 @@ impl Process {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Every log line so far, joined.
     pub fn logs(&self) -> String {
         self.logs.lock().expect("lock").join("\n")
