@@ -97,35 +97,42 @@ fn bench(extra: &[String]) -> Result<(), String> {
         build.extend(["-p", c]);
     }
     cargo(&build)?;
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
-    let release = std::path::Path::new(&target).join("release");
-    let bin = release.join("bench");
-    let args: Vec<&str> = extra
-        .iter()
-        .map(String::as_str)
-        .filter(|a| *a != "--")
-        .collect();
+    let release = release_dir();
+    let mut args = vec!["--bin-dir".to_owned(), release.display().to_string()];
+    args.extend(passed_on(extra).map(str::to_owned));
+    run_release("bench", &args, "the benchmark")
+}
+
+/// `extra` without the `--` that separates xtask's arguments from the program's.
+fn passed_on(extra: &[String]) -> impl Iterator<Item = &str> {
+    extra.iter().map(String::as_str).filter(|a| *a != "--")
+}
+
+/// Where `cargo build --release` puts binaries.
+fn release_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), Into::into)
+        .join("release")
+}
+
+/// Runs the release binary `name` with `args`; `what` names it in the error.
+fn run_release(name: &str, args: &[String], what: &str) -> Result<(), String> {
+    let bin = release_dir().join(name);
     eprintln!("xtask: {} {}", bin.display(), args.join(" "));
     let status = Command::new(&bin)
-        .arg("--bin-dir")
-        .arg(&release)
-        .args(&args)
+        .args(args)
         .status()
         .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("the benchmark failed ({status})"))
+        Err(format!("{what} failed ({status})"))
     }
 }
 
 /// Builds the demo and the connector it runs (release), then runs it with `extra` arguments.
 fn demo(extra: &[String]) -> Result<(), String> {
-    let args: Vec<&str> = extra
-        .iter()
-        .map(String::as_str)
-        .filter(|a| *a != "--")
-        .collect();
+    let args: Vec<&str> = passed_on(extra).collect();
     // The connector the demo will start: the value of --broker/-b (default kafka).
     let broker = args
         .iter()
@@ -145,17 +152,8 @@ fn demo(extra: &[String]) -> Result<(), String> {
         }
     };
     cargo(&["build", "--release", "-p", "demo", "-p", connector])?;
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
-    let bin = std::path::Path::new(&target).join("release").join("demo");
-    let status = Command::new(&bin)
-        .args(&args)
-        .status()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("the demo failed ({status})"))
-    }
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    run_release("demo", &args, "the demo")
 }
 
 /// The brokers the test suite talks to, and how to start each one.

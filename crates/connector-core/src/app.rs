@@ -87,17 +87,21 @@ pub fn main<C: Connector>() -> ExitCode {
     // One process-wide TLS provider (ring) for every library that builds a rustls config from
     // the default, whatever crypto features the dependency graph happens to enable.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    block_on(run(connector, settings))
+}
+
+/// Runs `main` on a new multi-threaded runtime; exit 1 if the runtime cannot start.
+pub(crate) fn block_on(main: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(runtime) => runtime.block_on(main),
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
-            return ExitCode::from(EXIT_FAILURE);
+            ExitCode::from(EXIT_FAILURE)
         }
-    };
-    runtime.block_on(run(connector, settings))
+    }
 }
 
 /// Runs a configured connector until shutdown; returns the process exit code.

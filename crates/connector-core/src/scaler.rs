@@ -280,17 +280,7 @@ pub fn main<B: Backlog>() -> ExitCode {
         }
     };
     crate::telemetry::init_logging(settings.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return ExitCode::from(crate::app::EXIT_FAILURE);
-        }
-    };
-    runtime.block_on(async move {
+    crate::app::block_on(async move {
         let shutdown = CancellationToken::new();
         crate::app::spawn_signal_handler(shutdown.clone(), || {
             tracing::info!("shutdown requested; closing activation streams");
