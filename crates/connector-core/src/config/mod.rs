@@ -79,6 +79,12 @@ pub struct HttpSettings {
     pub error_doc_extras: bool,
     /// `FISSION_INTERNAL_AUTH_SECRET`: sign requests for Fission's internal router listener.
     pub auth_secret: Option<Secret>,
+    /// `HTTP_CA_FILE`: CA certificates (PEM) trusted for an https endpoint besides the system's
+    /// (for a function behind a private CA).
+    pub ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// `HTTP_TLS_INSECURE_SKIP_VERIFY`: accept any certificate from the endpoint. Off by
+    /// default; a warning is logged at start when on.
+    pub insecure_skip_verify: bool,
 }
 
 impl std::fmt::Debug for HttpSettings {
@@ -91,8 +97,26 @@ impl std::fmt::Debug for HttpSettings {
             .field("retry_after_max", &self.retry_after_max)
             .field("error_doc_extras", &self.error_doc_extras)
             .field("auth_secret", &self.auth_secret)
+            .field("ca_certs", &self.ca_certs.len())
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
             .finish()
     }
+}
+
+/// The certificates of the PEM file `path` named by `var`: at least one, all parseable.
+pub fn read_ca_file(
+    var: &str,
+    path: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    let expected = "a readable PEM file with at least one CA certificate";
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|_| ConfigError::invalid(var, expected, path))?;
+    if certs.is_empty() {
+        return Err(ConfigError::invalid(var, expected, path));
+    }
+    Ok(certs)
 }
 
 /// A secret value: `Debug` never prints it.
@@ -257,7 +281,26 @@ impl Settings {
             retry_after_max: vars.duration("RETRY_AFTER_MAX", Duration::from_secs(60))?,
             error_doc_extras: vars.bool("ERROR_DOC_EXTRAS", true)?,
             auth_secret: vars.optional("FISSION_INTERNAL_AUTH_SECRET").map(Secret),
+            ca_certs: match vars.optional_trimmed("HTTP_CA_FILE") {
+                Some(path) => read_ca_file("HTTP_CA_FILE", &path)?,
+                None => Vec::new(),
+            },
+            insecure_skip_verify: vars.bool("HTTP_TLS_INSECURE_SKIP_VERIFY", false)?,
         };
+        if http.insecure_skip_verify {
+            if !http.ca_certs.is_empty() {
+                return Err(ConfigError::conflict(
+                    "HTTP_TLS_INSECURE_SKIP_VERIFY",
+                    "cannot be combined with HTTP_CA_FILE (give the CA, or skip verification)",
+                ));
+            }
+            warnings.push(
+                "HTTP_TLS_INSECURE_SKIP_VERIFY is on: the endpoint's TLS certificate is NOT \
+                 verified, so anyone on the network path can read and change requests and \
+                 responses; give its CA in HTTP_CA_FILE instead"
+                    .to_owned(),
+            );
+        }
 
         let dispatch = DispatchSettings {
             drain_timeout: vars.duration("DRAIN_TIMEOUT", Duration::from_secs(25))?,

@@ -1,0 +1,205 @@
+//! TLS to the function endpoint against a real HTTPS server whose certificate comes from a CA
+//! the system does not know: rejected by default, accepted with `HTTP_CA_FILE`, and accepted
+//! unverified only with the explicit `HTTP_TLS_INSECURE_SKIP_VERIFY`, which warns.
+
+use bytes::Bytes;
+use connector_core::headers::{HeaderFamily, HeaderSet};
+use connector_core::invoker::{Invoker, Outcome};
+use connector_core::telemetry::Metrics;
+use connector_core::{Settings, testkit::unique};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// An HTTPS server on 127.0.0.1 with a certificate from a fresh private CA.
+struct PrivateTls {
+    url: String,
+    ca_file: PathBuf,
+    requests: Arc<AtomicUsize>,
+}
+
+async fn start() -> PrivateTls {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test private CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+
+    let ca_file = std::env::temp_dir().join(format!("{}-ca.pem", unique("tls")));
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://{}/fission-function/secure",
+        listener.local_addr().unwrap()
+    );
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                // A client that rejects the certificate ends the handshake here.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_req| {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"secure ok"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    PrivateTls {
+        url,
+        ca_file,
+        requests,
+    }
+}
+
+fn settings(url: &str, extra: &[(&str, &str)]) -> Result<Settings, connector_core::ConfigError> {
+    let mut env = vec![
+        ("TOPIC", "in"),
+        ("HTTP_ENDPOINT", url),
+        ("MAX_RETRIES", "1"),
+        ("CONTENT_TYPE", "text/plain"),
+        ("RETRY_BACKOFF_BASE", "0"),
+    ];
+    env.extend_from_slice(extra);
+    Settings::from_env(&env)
+}
+
+async fn call(s: &Settings) -> Outcome {
+    let headers = HeaderSet::connector_defaults(HeaderFamily::Keda, &s.common);
+    let invoker = Invoker::new(&s.common, &s.http, "tls-test", Arc::new(Metrics::new()));
+    invoker
+        .invoke(&Bytes::from_static(b"hello"), &headers)
+        .await
+}
+
+#[tokio::test]
+async fn untrusted_certificate_is_rejected_by_default() {
+    let tls = start().await;
+    let s = settings(&tls.url, &[]).unwrap();
+    assert!(s.warnings.is_empty());
+    let Outcome::Failure(f) = call(&s).await else {
+        panic!("a certificate from an unknown CA must not be accepted");
+    };
+    assert_eq!(f.status, None);
+    assert_eq!(f.attempts, 2, "retried like any transport error");
+    let error = f.last_error.unwrap_or_default();
+    assert!(error.contains("certificate"), "{error}");
+    assert_eq!(
+        tls.requests.load(Ordering::SeqCst),
+        0,
+        "no request got through"
+    );
+}
+
+#[tokio::test]
+async fn the_endpoints_ca_in_http_ca_file_is_trusted() {
+    let tls = start().await;
+    let ca = tls.ca_file.to_string_lossy().into_owned();
+    let s = settings(&tls.url, &[("HTTP_CA_FILE", &ca)]).unwrap();
+    assert!(s.warnings.is_empty());
+    let Outcome::Success(r) = call(&s).await else {
+        panic!("the CA was given");
+    };
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"secure ok");
+    assert_eq!(tls.requests.load(Ordering::SeqCst), 1);
+
+    // Another private CA's file does not vouch for this server.
+    let other = start().await;
+    let s = settings(
+        &tls.url,
+        &[("HTTP_CA_FILE", &other.ca_file.to_string_lossy())],
+    )
+    .unwrap();
+    assert!(matches!(call(&s).await, Outcome::Failure(_)));
+}
+
+#[tokio::test]
+async fn skipping_verification_takes_the_explicit_flag_and_warns() {
+    let tls = start().await;
+    let s = settings(&tls.url, &[("HTTP_TLS_INSECURE_SKIP_VERIFY", "true")]).unwrap();
+    assert_eq!(s.warnings.len(), 1);
+    assert!(s.warnings[0].contains("HTTP_TLS_INSECURE_SKIP_VERIFY is on"));
+    assert!(s.warnings[0].contains("NOT verified"));
+    let Outcome::Success(r) = call(&s).await else {
+        panic!("verification was skipped on request");
+    };
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn bad_tls_settings_name_the_variable() {
+    let url = "https://127.0.0.1:1/f";
+    let garbage = std::env::temp_dir().join(format!("{}-garbage.pem", unique("tls")));
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    for (extra, var) in [
+        (
+            vec![("HTTP_CA_FILE", "/nonexistent/ca.pem")],
+            "HTTP_CA_FILE",
+        ),
+        (
+            vec![("HTTP_CA_FILE", garbage.to_str().unwrap())],
+            "HTTP_CA_FILE",
+        ),
+        (
+            vec![("HTTP_TLS_INSECURE_SKIP_VERIFY", "perhaps")],
+            "HTTP_TLS_INSECURE_SKIP_VERIFY",
+        ),
+    ] {
+        let e = settings(url, &extra).unwrap_err();
+        assert_eq!(e.var(), var, "{e}");
+        assert_eq!(e.to_string().lines().count(), 1);
+    }
+    let tls_ca = rcgen::CertifiedIssuer::self_signed(
+        rcgen::CertificateParams::new(Vec::<String>::new()).unwrap(),
+        rcgen::KeyPair::generate().unwrap(),
+    )
+    .unwrap();
+    let ca = std::env::temp_dir().join(format!("{}-ca.pem", unique("tls")));
+    std::fs::write(&ca, tls_ca.pem()).unwrap();
+    let e = settings(
+        url,
+        &[
+            ("HTTP_CA_FILE", ca.to_str().unwrap()),
+            ("HTTP_TLS_INSECURE_SKIP_VERIFY", "true"),
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(e.var(), "HTTP_TLS_INSECURE_SKIP_VERIFY", "{e}");
+}
