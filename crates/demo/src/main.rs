@@ -9,9 +9,7 @@
 
 #![allow(clippy::print_stdout)]
 
-mod brokers;
-
-use brokers::{Demo, Error, Kind};
+use broker_fixtures::{Error, Fixture, Kind, now_us};
 use connector_core::Destination;
 use connector_core::testkit::{Process, Reply, Sink};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -95,14 +93,6 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Microseconds since the epoch: the clock payloads are stamped with.
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 fn payload(id: usize, fail: bool) -> Vec<u8> {
     let mark = if fail { r#","induce":"failure""# } else { "" };
     format!(r#"{{"id":{id},"sent_us":{}{mark}}}"#, now_us()).into_bytes()
@@ -175,7 +165,7 @@ async fn run(args: Args) -> Result<(), Error> {
         "release build"
     };
 
-    let mut demo = Demo::start(args.kind).await?;
+    let mut demo = Fixture::start(args.kind).await?;
     let sink = Sink::start().await;
     sink.respond(|r| {
         if r.body.windows(FAIL_MARK.len()).any(|w| w == FAIL_MARK) {
@@ -230,7 +220,8 @@ async fn run(args: Args) -> Result<(), Error> {
                     .enumerate()
                     .map(|(i, p)| (start + i, p)),
             );
-            demo.publish(&chunk, start, &published_bar).await?;
+            demo.publish(&chunk, start, |n| published_bar.inc(n))
+                .await?;
         }
         published_bar.finish();
         Ok::<_, Error>(first_sent.elapsed())
@@ -285,7 +276,7 @@ async fn run(args: Args) -> Result<(), Error> {
         for id in n..n + args.live {
             let p = payload(id, false);
             let sent_us = stamp(&p).map_or(0, |(_, t)| t);
-            demo.publish(std::slice::from_ref(&p), id, &live_bar)
+            demo.publish(std::slice::from_ref(&p), id, |n| live_bar.inc(n))
                 .await?;
             let (destination, body, arrived_us) = outcomes.next().await?;
             if destination != Destination::Response || body != p {

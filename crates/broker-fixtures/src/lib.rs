@@ -1,11 +1,11 @@
-//! Per broker: what the demo creates, the connector's environment, how messages are published
-//! and how the response and error destinations are read back. Every name is fresh per run and
-//! removed afterwards where the broker keeps it.
+//! Per broker: fresh source, response and error destinations, the connector's environment for
+//! them, a publisher, and a reader of what the connector writes back — for `cargo xtask demo`
+//! and the reliability tests. Every name is fresh per run and removed afterwards where the
+//! broker keeps it. Kafka is librdkafka's mock cluster inside the calling process.
 
 use connector_core::Destination;
 use connector_core::testkit::unique;
 use futures_lite::StreamExt;
-use indicatif::ProgressBar;
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::Producer as _;
@@ -48,6 +48,17 @@ impl Kind {
         }
     }
 
+    /// The variables that bound how many messages the connector holds at once (its in-flight
+    /// limit; for Kafka also per partition, so the bound is `n` whatever the partitioning).
+    pub fn in_flight_env(self, n: usize) -> Vec<(&'static str, String)> {
+        let n = n.to_string();
+        match self {
+            Self::Kafka => vec![("MAX_IN_FLIGHT", n.clone()), ("PARTITION_CONCURRENCY", n)],
+            Self::Redis => vec![("MAX_IN_FLIGHT", n)],
+            Self::RabbitMq | Self::Nats => vec![("CONCURRENT", n)],
+        }
+    }
+
     /// The connector binary's name.
     pub fn binary(self) -> &'static str {
         match self {
@@ -59,8 +70,17 @@ impl Kind {
     }
 }
 
+/// Microseconds since the epoch: the clock records read back are stamped with.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// One run's broker side.
-pub struct Demo {
+#[allow(missing_debug_implementations)] // broker clients without Debug
+pub struct Fixture {
     /// What runs where, for the header.
     pub description: String,
     /// The source, response and error names, for the summary.
@@ -76,6 +96,7 @@ pub struct Demo {
 type Outcome = (Destination, Vec<u8>, u64);
 
 /// What the destinations' readers deliver, in arrival order.
+#[derive(Debug)]
 pub struct Outcomes(mpsc::Receiver<Result<Outcome, String>>);
 
 impl Outcomes {
@@ -90,7 +111,7 @@ impl Outcomes {
 
 /// Stamps a record read from a destination.
 fn arrived(d: Destination, body: Vec<u8>) -> Outcome {
-    (d, body, crate::now_us())
+    (d, body, now_us())
 }
 
 enum Publisher {
@@ -106,10 +127,10 @@ enum Publisher {
 
 /// `Ok(v)`, or the broker's error with how to start it.
 fn reach<T, E: std::fmt::Display>(r: Result<T, E>, what: &str, how: &str) -> Result<T, Error> {
-    r.map_err(|e| format!("{what}: {e}\n  start it with: {how}\n  or run the demo without --broker (no broker needed)").into())
+    r.map_err(|e| format!("{what}: {e}\n  start it with: {how}").into())
 }
 
-impl Demo {
+impl Fixture {
     /// Creates the source and both destinations, and starts reading the destinations.
     pub async fn start(kind: Kind) -> Result<Self, Error> {
         let base = unique("demo");
@@ -177,6 +198,8 @@ impl Demo {
                         // The mock cluster answers a fetch only when fetch.wait.max.ms (500 ms)
                         // expires, where a real broker answers as soon as records arrive.
                         ("KAFKA_PROPERTY_FETCH_WAIT_MAX_MS", "10".into()),
+                        // A killed replica's partitions move after 6 s, not the default 45 s.
+                        ("KAFKA_PROPERTY_SESSION_TIMEOUT_MS", "6000".into()),
                     ],
                     names,
                     outcomes: Some(Outcomes(outcomes)),
@@ -198,8 +221,12 @@ impl Demo {
                     "Redis is not reachable at 127.0.0.1:6379",
                     "redis-server --daemonize yes --port 6379 --save \"\"",
                 )?;
-                // BLPOP blocks its connection: a connection of its own.
-                let mut reader = client.get_multiplexed_async_connection().await?;
+                // BLPOP blocks its connection: a connection of its own, without the client's
+                // response timeout (a timed-out BLPOP's item would be popped and dropped).
+                let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+                let mut reader = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
                 let lists = [names[1].clone(), names[2].clone()];
                 tokio::spawn(async move {
                     loop {
@@ -233,6 +260,9 @@ impl Demo {
                         ("TOPIC", names[0].clone()),
                         ("RESPONSE_TOPIC", names[1].clone()),
                         ("ERROR_TOPIC", names[2].clone()),
+                        // One pod name across restarts: a restarted replica takes back what a
+                        // killed one left in its processing list.
+                        ("CONSUMER_ID", format!("{base}-pod")),
                     ],
                     names,
                     outcomes: Some(Outcomes(outcomes)),
@@ -341,13 +371,14 @@ impl Demo {
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         while let Some(m) = messages.next().await {
-                            let item = m
-                                .map(|m| arrived(d, m.payload.to_vec()))
-                                .map_err(|e| e.to_string());
-                            if tx.send(item).await.is_err() {
+                            // An idle pull stream reports timeouts and missed heartbeats and
+                            // goes on; only its end is final.
+                            let Ok(m) = m else { continue };
+                            if tx.send(Ok(arrived(d, m.payload.to_vec()))).await.is_err() {
                                 break;
                             }
                         }
+                        let _ = tx.send(Err("the NATS reader ended".to_owned())).await;
                     });
                 }
                 Ok(Self {
@@ -362,6 +393,8 @@ impl Demo {
                         ("RESPONSE_TOPIC", names[1].clone()),
                         ("ERROR_TOPIC", names[2].clone()),
                         ("CONSUMER", format!("{base}-connector")),
+                        // Unacked messages of a killed replica come back after 2 s.
+                        ("ACKWAIT", "2s".into()),
                     ],
                     names,
                     outcomes: Some(Outcomes(outcomes)),
@@ -371,13 +404,13 @@ impl Demo {
         }
     }
 
-    /// Publishes `payloads` (ids from `first_id`), each durably accepted by the broker,
-    /// advancing `progress`.
+    /// Publishes `payloads` (ids from `first_id`, the Kafka key), each durably accepted by the
+    /// broker; `accepted(n)` reports progress.
     pub async fn publish(
         &self,
         payloads: &[Vec<u8>],
         first_id: usize,
-        progress: &ProgressBar,
+        accepted: impl Fn(u64),
     ) -> Result<(), Error> {
         let topic = &self.names[0];
         for (n, chunk) in payloads.chunks(500).enumerate() {
@@ -393,7 +426,7 @@ impl Demo {
                     }
                     for s in sends {
                         s.await?.map_err(|(e, _)| e)?;
-                        progress.inc(1);
+                        accepted(1);
                     }
                 }
                 Publisher::Redis(conn) => {
@@ -402,7 +435,7 @@ impl Demo {
                         pipe.rpush(topic, p).ignore();
                     }
                     let () = pipe.query_async(&mut conn.clone()).await?;
-                    progress.inc(chunk.len() as u64);
+                    accepted(chunk.len() as u64);
                 }
                 Publisher::RabbitMq(channel) => {
                     let mut confirms = Vec::with_capacity(chunk.len());
@@ -421,7 +454,7 @@ impl Demo {
                     }
                     for c in confirms {
                         c.await?;
-                        progress.inc(1);
+                        accepted(1);
                     }
                 }
                 Publisher::Nats(js) => {
@@ -431,7 +464,7 @@ impl Demo {
                     }
                     for a in acks {
                         a.await?;
-                        progress.inc(1);
+                        accepted(1);
                     }
                 }
             }

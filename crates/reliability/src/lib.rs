@@ -1,0 +1,2 @@
+//! Tests only: see `tests/`. The connector binaries under test come from the same target
+//! directory (`cargo test --workspace` builds them).

@@ -1,0 +1,428 @@
+//! The reliability suite, for every connector whose broker runs here (Kafka on librdkafka's mock
+//! cluster, Redis, RabbitMQ and NATS JetStream on 127.0.0.1), each connector a separate process:
+//!
+//! - SIGTERM at 20 random moments under load, restarting each time; then SIGKILL at 5: every
+//!   message answered, none lost; after SIGTERM at most the in-flight bound redone per stop.
+//! - The function down for 60 s (connection refused for 30 s, then 503 for 30 s): retried with
+//!   backoff, every message answered once it is back, no error documents.
+//! - A poison message (the function answers 400): exactly one error document, and the loop goes
+//!   on; empty, binary (every byte value, not UTF-8) and large payloads arrive and come back
+//!   byte for byte.
+//!
+//! Each test prints a summary line (`--nocapture`); the README's Reliability section quotes
+//! them. The kill moments come from a seed printed with the results (`RELIABILITY_SEED` replays).
+
+use broker_fixtures::{Fixture, Kind, Outcomes};
+use connector_core::Destination;
+use connector_core::testkit::{Process, Reply, Sink, free_port};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+const KINDS: [Kind; 4] = [Kind::Kafka, Kind::Redis, Kind::RabbitMq, Kind::Nats];
+/// The connectors' in-flight limit in these tests.
+const IN_FLIGHT: usize = 8;
+const WAIT: Duration = Duration::from_secs(240);
+
+fn binary(kind: Kind) -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/faults-… → target/<profile>/<connector>
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir");
+    let bin = dir.join(kind.binary());
+    assert!(
+        bin.is_file(),
+        "{} is not built; `cargo test --workspace` builds it (or `cargo build -p {}`)",
+        bin.display(),
+        kind.binary()
+    );
+    bin.to_string_lossy().into_owned()
+}
+
+async fn fixture(kind: Kind) -> Fixture {
+    Fixture::start(kind)
+        .await
+        .unwrap_or_else(|e| panic!("{kind:?}: {e}"))
+}
+
+fn env(
+    kind: Kind,
+    fx: &Fixture,
+    endpoint: &str,
+    extra: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut env = fx.env.clone();
+    env.extend([
+        ("HTTP_ENDPOINT", endpoint.to_owned()),
+        ("MAX_RETRIES", "0".to_owned()),
+        ("CONTENT_TYPE", "application/octet-stream".to_owned()),
+    ]);
+    env.extend(kind.in_flight_env(IN_FLIGHT));
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k, (*v).to_owned()));
+    }
+    env
+}
+
+/// Everything read back from the destinations.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    responses: HashMap<Vec<u8>, usize>,
+    errors: Vec<Vec<u8>>,
+    failed: Option<String>,
+}
+
+/// Reads the response and error destinations for the whole test.
+struct Collector {
+    seen: Arc<Mutex<Seen>>,
+    changed: Arc<Notify>,
+}
+
+impl Collector {
+    fn start(mut outcomes: Outcomes) -> Self {
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let changed = Arc::new(Notify::new());
+        let (s, c) = (seen.clone(), changed.clone());
+        tokio::spawn(async move {
+            loop {
+                let next = outcomes.next().await;
+                {
+                    let mut seen = s.lock().unwrap();
+                    match next {
+                        Ok((Destination::Response, body, _)) => {
+                            *seen.responses.entry(body).or_default() += 1;
+                        }
+                        Ok((Destination::Error, body, _)) => seen.errors.push(body),
+                        Err(e) => seen.failed = Some(e.to_string()),
+                    }
+                }
+                c.notify_waiters();
+                if s.lock().unwrap().failed.is_some() {
+                    break;
+                }
+            }
+        });
+        Self { seen, changed }
+    }
+
+    fn snapshot(&self) -> Seen {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (event-driven) until `done` holds for what was read.
+    async fn wait(&self, what: &str, done: impl Fn(&Seen) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.changed.notified();
+            {
+                let seen = self.seen.lock().unwrap();
+                assert!(
+                    seen.failed.is_none(),
+                    "reading the destinations: {:?}",
+                    seen.failed
+                );
+                if done(&seen) {
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let seen = self.snapshot();
+                panic!(
+                    "{what}: not within {WAIT:?} ({} distinct responses, {} error documents)",
+                    seen.responses.len(),
+                    seen.errors.len()
+                );
+            }
+        }
+    }
+}
+
+/// xorshift64*, seeded from the clock unless `RELIABILITY_SEED` is set.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> (Self, u64) {
+        let seed = std::env::var("RELIABILITY_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    | 1
+            });
+        (Self(seed), seed)
+    }
+
+    fn between(&mut self, low: usize, high: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        low + (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % (high - low + 1) as u64) as usize
+    }
+}
+
+/// Stops (`-TERM`) or kills (`-KILL`) the connector `kills` times at random moments while it
+/// works through `total` messages, restarting it each time; then lets a last replica finish.
+/// Returns the summary line.
+async fn stop_repeatedly(kind: Kind, signal: &str, kills: usize, total: usize) -> String {
+    let mut fx = fixture(kind).await;
+    let collector = Collector::start(fx.take_outcomes());
+    let sink = Sink::start().await;
+    // Slow enough that every stop finds work in flight.
+    sink.respond(|r| {
+        Reply::status(200)
+            .body(r.body.clone())
+            .delay(Duration::from_millis(5))
+    });
+    let payloads: Vec<Vec<u8>> = (0..total)
+        .map(|i| format!("{kind:?}-{i:06}").into_bytes())
+        .collect();
+    fx.publish(&payloads, 0, |_| {}).await.unwrap();
+    let env = env(kind, &fx, &sink.url("/fn"), &[]);
+    let bin = binary(kind);
+    let (mut rng, seed) = Rng::new();
+    let started = Instant::now();
+    for _ in 0..kills {
+        let mut p = Process::start(&bin, &env);
+        p.wait_log(kind.consuming_log(), 1).await;
+        let moment = sink.count() + rng.between(5, 60);
+        sink.wait_for_requests(moment, WAIT).await;
+        if signal == "-TERM" {
+            p.stop().await; // requires exit 0 after the drain
+        } else {
+            p.kill().await;
+        }
+    }
+    let mut last = Process::start(&bin, &env);
+    collector
+        .wait(&format!("{kind:?}: every message answered"), |s| {
+            payloads.iter().all(|p| s.responses.contains_key(p))
+        })
+        .await;
+    last.stop().await;
+    fx.cleanup().await;
+
+    let seen = collector.snapshot();
+    assert!(
+        seen.errors.is_empty(),
+        "{kind:?}: error documents: {}",
+        seen.errors.len()
+    );
+    assert_eq!(
+        seen.responses.len(),
+        total,
+        "{kind:?}: responses to unknown payloads"
+    );
+    let mut per_body: HashMap<Vec<u8>, usize> = HashMap::new();
+    for r in sink.requests() {
+        *per_body.entry(r.body.to_vec()).or_default() += 1;
+    }
+    let redone: usize = per_body.values().map(|n| n - 1).sum();
+    let bound = kills * IN_FLIGHT;
+    // A Kafka replica killed with -9 also redoes what it settled since its last offset commit
+    // (auto-commit every second): that is Kafka's at-least-once, not an in-flight bound.
+    if signal == "-TERM" || kind != Kind::Kafka {
+        assert!(
+            redone <= bound,
+            "{kind:?}: {redone} messages invoked again after {kills} × {signal} (bound {bound}, seed {seed})"
+        );
+    }
+    format!(
+        "{kind:?}: {kills} × {} under load, {total} messages: 0 lost, {redone} invoked twice \
+         (bound {bound}), {} response duplicates, {:.0} s (seed {seed})",
+        if signal == "-TERM" {
+            "SIGTERM"
+        } else {
+            "SIGKILL"
+        },
+        seen.responses.values().map(|n| n - 1).sum::<usize>(),
+        started.elapsed().as_secs_f64()
+    )
+}
+
+async fn all_kinds<F, Fut>(test: F) -> Vec<String>
+where
+    F: Fn(Kind) -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let mut lines = Vec::new();
+    for kind in KINDS {
+        let line = test(kind).await;
+        eprintln!("reliability: {line}");
+        lines.push(line);
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_20_times_under_load_loses_nothing() {
+    all_kinds(|kind| stop_repeatedly(kind, "-TERM", 20, 1500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_5_times_under_load_loses_nothing() {
+    all_kinds(|kind| stop_repeatedly(kind, "-KILL", 5, 600)).await;
+}
+
+/// The function is down for `outage` (refused, then 503s for the second half) while messages
+/// wait; they are all answered once it is back, with backed-off retries and no error documents.
+async fn function_outage(kind: Kind, outage: Duration) -> String {
+    let mut fx = fixture(kind).await;
+    let collector = Collector::start(fx.take_outcomes());
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}/fn");
+    let total = 40;
+    let payloads: Vec<Vec<u8>> = (0..total)
+        .map(|i| format!("{kind:?}-outage-{i}").into_bytes())
+        .collect();
+    fx.publish(&payloads, 0, |_| {}).await.unwrap();
+    let env = env(
+        kind,
+        &fx,
+        &endpoint,
+        &[
+            ("MAX_RETRIES", "40"),
+            ("RETRY_BACKOFF_BASE", "200ms"),
+            ("RETRY_BACKOFF_MAX", "4s"),
+            // NATS would redeliver an unacknowledged message meanwhile: the wait is longer.
+            ("ACKWAIT", "5m"),
+        ],
+    );
+    let env: Vec<(&str, String)> = env
+        .into_iter()
+        .filter(|(k, _)| kind == Kind::Nats || *k != "ACKWAIT")
+        .collect();
+    let started = Instant::now();
+    let mut p = Process::start(&binary(kind), &env);
+    p.wait_log(kind.consuming_log(), 1).await;
+    // The outage is the scenario: its length is wall-clock time by definition.
+    tokio::time::sleep(outage / 2).await;
+    let sink = Sink::start_on(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    sink.respond(|_| Reply::status(503).body("down for maintenance"));
+    tokio::time::sleep(outage / 2).await;
+    let unavailable = sink.count();
+    sink.respond(|r| Reply::status(200).body(r.body.clone()));
+    collector
+        .wait(
+            &format!("{kind:?}: every message answered after the outage"),
+            |s| payloads.iter().all(|p| s.responses.contains_key(p)),
+        )
+        .await;
+    p.stop().await;
+    fx.cleanup().await;
+    let seen = collector.snapshot();
+    assert!(
+        seen.errors.is_empty(),
+        "{kind:?}: {} error documents",
+        seen.errors.len()
+    );
+    // Without backoff each held message would have been retried thousands of times.
+    let per_message = unavailable as f64 / IN_FLIGHT.min(total) as f64;
+    assert!(
+        per_message <= 30.0,
+        "{kind:?}: {unavailable} requests while the function answered 503 ({per_message:.1} per held message)"
+    );
+    format!(
+        "{kind:?}: function down {} s (refused, then 503): {total} messages, 0 lost, 0 error documents, \
+         {unavailable} requests answered 503 ({per_message:.1} per held message), all answered {:.0} s after the start",
+        outage.as_secs(),
+        started.elapsed().as_secs_f64()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn function_down_for_60_s_loses_nothing() {
+    // All brokers at once: the outage is wall-clock time.
+    let outage = Duration::from_secs(60);
+    use futures_lite::future::zip;
+    let [a, b, c, d] = KINDS.map(|kind| function_outage(kind, outage));
+    let ((a, b), (c, d)) = zip(zip(a, b), zip(c, d)).await;
+    for line in [a, b, c, d] {
+        eprintln!("reliability: {line}");
+    }
+}
+
+/// A poison message among unusual payloads: exactly one error document (for the poison), the
+/// others answered byte for byte, and a message published afterwards is still answered.
+async fn poison_and_payloads(kind: Kind) -> String {
+    let mut fx = fixture(kind).await;
+    let collector = Collector::start(fx.take_outcomes());
+    let sink = Sink::start().await;
+    sink.respond(|r| match &r.body[..] {
+        b"poison" => Reply::status(400).body("cannot digest this"),
+        body => Reply::status(200).body(body.to_vec()),
+    });
+    // NATS and Kafka brokers default to 1 MB messages; Redis and RabbitMQ take 10 MB.
+    let large = match kind {
+        Kind::Redis | Kind::RabbitMq => 10 * 1024 * 1024,
+        Kind::Kafka | Kind::Nats => 900 * 1024,
+    };
+    let binary_payload: Vec<u8> = (0..=255u8).rev().collect();
+    let big: Vec<u8> = (0..large).map(|i| (i % 251) as u8).collect();
+    let empty = Vec::new();
+    let payloads = [
+        b"first".to_vec(),
+        b"poison".to_vec(),
+        binary_payload.clone(),
+        empty.clone(),
+        big.clone(),
+    ];
+    fx.publish(&payloads, 0, |_| {}).await.unwrap();
+    let mut p = Process::start(&binary(kind), &env(kind, &fx, &sink.url("/fn"), &[]));
+    let expected = [b"first".to_vec(), binary_payload, empty, big];
+    collector
+        .wait(
+            &format!("{kind:?}: the four good payloads answered and one error document"),
+            |s| expected.iter().all(|p| s.responses.contains_key(p)) && !s.errors.is_empty(),
+        )
+        .await;
+    fx.publish(&[b"after".to_vec()], 5, |_| {}).await.unwrap();
+    collector
+        .wait(
+            &format!("{kind:?}: a message after the poison is answered"),
+            |s| s.responses.contains_key(&b"after"[..]),
+        )
+        .await;
+    p.stop().await;
+    fx.cleanup().await;
+    let seen = collector.snapshot();
+    assert_eq!(seen.errors.len(), 1, "{kind:?}: exactly one error document");
+    let doc = String::from_utf8_lossy(&seen.errors[0]);
+    assert!(doc.contains(r#""Message":"poison""#), "{kind:?}: {doc}");
+    assert!(
+        doc.contains(r#""ResponseBody":"cannot digest this","StatusCode":400"#),
+        "{kind:?}: {doc}"
+    );
+    for p in expected.iter().chain([&b"after".to_vec()]) {
+        assert_eq!(
+            seen.responses.get(p),
+            Some(&1),
+            "{kind:?}: answered once, byte for byte ({} bytes)",
+            p.len()
+        );
+    }
+    let sizes: Vec<usize> = sink.requests().iter().map(|r| r.body.len()).collect();
+    assert!(
+        sizes.contains(&large) && sizes.contains(&0),
+        "{kind:?}: sizes seen by the function {sizes:?}"
+    );
+    format!(
+        "{kind:?}: poison → 1 error document, the loop went on; empty, 256-byte binary (not UTF-8) \
+         and {} payloads answered byte for byte",
+        if large >= 1024 * 1024 {
+            format!("{} MB", large / 1024 / 1024)
+        } else {
+            format!("{} KB", large / 1024)
+        }
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_message_and_unusual_payloads() {
+    all_kinds(poison_and_payloads).await;
+}
