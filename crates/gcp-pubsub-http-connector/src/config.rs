@@ -103,6 +103,16 @@ fn key_from(var: &str, value: &str) -> Result<Secret, ConfigError> {
 
 fn credentials(vars: &Vars<'_>, env: &dyn Env) -> Result<Credentials, ConfigError> {
     if let Some(host) = vars.optional_trimmed("PUBSUB_EMULATOR_HOST") {
+        let valid = host.rsplit_once(':').is_some_and(|(h, port)| {
+            !h.is_empty() && !h.contains(['/', ' ']) && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !valid {
+            return Err(ConfigError::invalid(
+                "PUBSUB_EMULATOR_HOST",
+                "host:port such as 127.0.0.1:8085",
+                &host,
+            ));
+        }
         return Ok(Credentials::Emulator(host));
     }
     if let Some(v) = vars.optional("GOOGLE_APPLICATION_CREDENTIALS") {

@@ -83,7 +83,7 @@ impl KafkaConfig {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::conflict(
                     "BOOTSTRAP_SERVERS",
-                    "cannot specify both bootstrapServers and brokerList (deprecated)",
+                    "cannot be combined with BROKER_LIST (deprecated; KEDA's brokerList): set only one",
                 ));
             }
             (Some(b), None) => list(b),

@@ -113,7 +113,17 @@ impl NatsConfig {
             concurrent: vars.int_in_range("CONCURRENT", 1, 1, 10_000)? as usize,
             user_password,
             token: vars.optional_trimmed("NATS_TOKEN").map(Secret::new),
-            nkey: vars.optional_trimmed("NATS_NKEY").map(Secret::new),
+            nkey: match vars.optional_trimmed("NATS_NKEY") {
+                // Checked now, so a bad seed is a configuration error and not a failed connect
+                // loop; the message never shows the seed.
+                Some(seed) if nkeys::KeyPair::from_seed(&seed).is_err() => {
+                    return Err(ConfigError::invalid_secret(
+                        "NATS_NKEY",
+                        "an nkey user seed (SU…, 58 characters)",
+                    ));
+                }
+                seed => seed.map(Secret::new),
+            },
             credentials_file,
             tls: vars.bool("NATS_TLS", false)?,
             ca_file: vars.optional_trimmed("NATS_CA_FILE"),

@@ -31,7 +31,7 @@ impl RabbitConfig {
     /// Parses and validates; `settings` carries the already-parsed common variables.
     pub fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError> {
         let vars = Vars::new(env);
-        if vars.bool("INCLUDE_UNACKED", false).unwrap_or(false) {
+        if vars.bool("INCLUDE_UNACKED", false)? {
             return Err(ConfigError::conflict(
                 "INCLUDE_UNACKED",
                 "only amqp protocol host is supported (true selects the KEDA scaler's HTTP API mode)",

@@ -72,14 +72,18 @@ impl RedisConfig {
         let insecure = if tls && unsafe_ssl { "#insecure" } else { "" };
         let url = format!("{scheme}://{auth}{host}/{db}{insecure}");
 
-        let consumer_id = vars
-            .optional_trimmed("CONSUMER_ID")
-            .or_else(|| vars.optional_trimmed("HOSTNAME"))
-            .unwrap_or_else(random_id);
+        // The pod name is the default; an error names whichever variable the value came from.
+        let (source, consumer_id) = match vars.optional_trimmed("CONSUMER_ID") {
+            Some(id) => ("CONSUMER_ID", id),
+            None => (
+                "HOSTNAME",
+                vars.optional_trimmed("HOSTNAME").unwrap_or_else(random_id),
+            ),
+        };
         if consumer_id.contains(char::is_whitespace) {
             return Err(ConfigError::invalid(
-                "CONSUMER_ID",
-                "a name without spaces",
+                source,
+                "a consumer name without spaces (CONSUMER_ID, default HOSTNAME)",
                 &consumer_id,
             ));
         }
