@@ -131,8 +131,16 @@ fn reach<T, E: std::fmt::Display>(r: Result<T, E>, what: &str, how: &str) -> Res
 }
 
 impl Fixture {
-    /// Creates the source and both destinations, and starts reading the destinations.
+    /// Creates the source and both destinations on the broker's standard local address, and
+    /// starts reading the destinations.
     pub async fn start(kind: Kind) -> Result<Self, Error> {
+        Self::start_at(kind, None).await
+    }
+
+    /// Like [`Fixture::start`], with Redis or NATS at `address` (`127.0.0.1:PORT`) instead of
+    /// the standard port (a broker the caller runs, e.g. to restart it). The destinations are
+    /// read across broker restarts.
+    pub async fn start_at(kind: Kind, address: Option<&str>) -> Result<Self, Error> {
         let base = unique("demo");
         let (tx, outcomes) = mpsc::channel(1024);
         match kind {
@@ -215,10 +223,11 @@ impl Fixture {
                     format!("{base}-responses"),
                     format!("{base}-errors"),
                 ];
-                let client = redis::Client::open("redis://127.0.0.1:6379")?;
+                let address = address.unwrap_or("127.0.0.1:6379").to_owned();
+                let client = redis::Client::open(format!("redis://{address}"))?;
                 let conn = reach(
                     client.get_multiplexed_async_connection().await,
-                    "Redis is not reachable at 127.0.0.1:6379",
+                    &format!("Redis is not reachable at {address}"),
                     "redis-server --daemonize yes --port 6379 --save \"\"",
                 )?;
                 // BLPOP blocks its connection: a connection of its own, without the client's
@@ -229,7 +238,7 @@ impl Fixture {
                     .await?;
                 let lists = [names[1].clone(), names[2].clone()];
                 tokio::spawn(async move {
-                    loop {
+                    while !tx.is_closed() {
                         let popped: redis::RedisResult<Option<(String, Vec<u8>)>> =
                             redis::cmd("BLPOP")
                                 .arg(&lists[..])
@@ -244,19 +253,29 @@ impl Fixture {
                                 } else {
                                     Destination::Error
                                 };
-                                Ok(arrived(d, v))
+                                arrived(d, v)
                             }
-                            Err(e) => Err(e.to_string()),
+                            // The server went away (a restart): connect again and go on.
+                            Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                if let Ok(c) = client
+                                    .get_multiplexed_async_connection_with_config(&config)
+                                    .await
+                                {
+                                    reader = c;
+                                }
+                                continue;
+                            }
                         };
-                        if tx.send(item).await.is_err() {
+                        if tx.send(Ok(item)).await.is_err() {
                             break;
                         }
                     }
                 });
                 Ok(Self {
-                    description: format!("Redis at 127.0.0.1:6379, list {}", names[0]),
+                    description: format!("Redis at {address}, list {}", names[0]),
                     env: vec![
-                        ("ADDRESS", "127.0.0.1:6379".into()),
+                        ("ADDRESS", address.clone()),
                         ("TOPIC", names[0].clone()),
                         ("RESPONSE_TOPIC", names[1].clone()),
                         ("ERROR_TOPIC", names[2].clone()),
@@ -283,46 +302,57 @@ impl Fixture {
                     "rabbitmq-server -detached",
                 )?;
                 let channel = conn.create_channel().await?;
+                // Durable queues, persistent messages: a broker restart keeps them.
                 for q in &names {
                     channel
                         .queue_declare(
                             q.as_str().into(),
-                            QueueDeclareOptions::default(),
-                            Default::default(),
-                        )
-                        .await?;
-                }
-                channel.confirm_select(Default::default()).await?;
-                let reader = conn.create_channel().await?;
-                // The connection closes when its last handle goes: keep it for the whole run.
-                std::mem::forget(conn);
-                for (q, d) in [
-                    (&names[1], Destination::Response),
-                    (&names[2], Destination::Error),
-                ] {
-                    let mut consumer = reader
-                        .basic_consume(
-                            q.as_str().into(),
-                            format!("demo-{q}").as_str().into(),
-                            BasicConsumeOptions {
-                                no_ack: true,
+                            QueueDeclareOptions {
+                                durable: true,
                                 ..Default::default()
                             },
                             Default::default(),
                         )
                         .await?;
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        while let Some(delivery) = consumer.next().await {
-                            let item = delivery
-                                .map(|m| arrived(d, m.data))
-                                .map_err(|e| e.to_string());
-                            if tx.send(item).await.is_err() {
-                                break;
+                }
+                channel.confirm_select(Default::default()).await?;
+                // The connection closes when its last handle goes: keep it for the whole run.
+                std::mem::forget(conn);
+                let queues = [names[1].clone(), names[2].clone()];
+                tokio::spawn(async move {
+                    let consume = async |ch: &lapin::Channel, q: &str| {
+                        let options = BasicConsumeOptions {
+                            no_ack: true,
+                            ..Default::default()
+                        };
+                        ch.basic_consume(
+                            q.into(),
+                            format!("reader-{q}").as_str().into(),
+                            options,
+                            Default::default(),
+                        )
+                        .await
+                    };
+                    // Connects (again after a broker restart) and forwards both queues.
+                    while !tx.is_closed() {
+                        let props = lapin::ConnectionProperties::default();
+                        if let Ok(conn) = lapin::Connection::connect(url, props).await
+                            && let Ok(ch) = conn.create_channel().await
+                            && let Ok(responses) = consume(&ch, &queues[0]).await
+                            && let Ok(errors) = consume(&ch, &queues[1]).await
+                        {
+                            let mut both = responses
+                                .map(|m| (Destination::Response, m))
+                                .or(errors.map(|m| (Destination::Error, m)));
+                            while let Some((d, Ok(m))) = both.next().await {
+                                if tx.send(Ok(arrived(d, m.data))).await.is_err() {
+                                    return;
+                                }
                             }
                         }
-                    });
-                }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                });
                 Ok(Self {
                     description: format!("RabbitMQ at 127.0.0.1:5672, queue {}", names[0]),
                     env: vec![
@@ -343,9 +373,10 @@ impl Fixture {
                     format!("{base}.responses"),
                     format!("{base}.errors"),
                 ];
+                let address = address.unwrap_or("127.0.0.1:4222").to_owned();
                 let client = reach(
-                    async_nats::connect("127.0.0.1:4222").await,
-                    "NATS is not reachable at 127.0.0.1:4222",
+                    async_nats::connect(address.as_str()).await,
+                    &format!("NATS is not reachable at {address}"),
                     "nats-server -js -a 127.0.0.1 -p 4222 &",
                 )?;
                 let js = async_nats::jetstream::new(client);
@@ -356,39 +387,48 @@ impl Fixture {
                         ..Default::default()
                     })
                     .await?;
-                for (subject, d) in [
+                for (i, (subject, d)) in [
                     (&names[1], Destination::Response),
                     (&names[2], Destination::Error),
-                ] {
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    // Durable, so a server restart keeps its position.
                     let reader = stream
                         .create_consumer(consumer::pull::Config {
+                            durable_name: Some(format!("{base}-reader-{i}")),
                             filter_subject: subject.clone(),
                             ack_policy: consumer::AckPolicy::None,
                             ..Default::default()
                         })
                         .await?;
-                    let mut messages = reader.messages().await?;
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        while let Some(m) = messages.next().await {
-                            // An idle pull stream reports timeouts and missed heartbeats and
-                            // goes on; only its end is final.
-                            let Ok(m) = m else { continue };
-                            if tx.send(Ok(arrived(d, m.payload.to_vec()))).await.is_err() {
-                                break;
+                        while !tx.is_closed() {
+                            if let Ok(mut messages) = reader.messages().await {
+                                while let Some(m) = messages.next().await {
+                                    // An idle pull stream reports timeouts and missed
+                                    // heartbeats and goes on.
+                                    let Ok(m) = m else { continue };
+                                    if tx.send(Ok(arrived(d, m.payload.to_vec()))).await.is_err() {
+                                        return;
+                                    }
+                                }
                             }
+                            // The stream ended (a server restart): pull again.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
                         }
-                        let _ = tx.send(Err("the NATS reader ended".to_owned())).await;
                     });
                 }
                 Ok(Self {
                     description: format!(
-                        "NATS JetStream at 127.0.0.1:4222, stream {} subject {}",
+                        "NATS JetStream at {address}, stream {} subject {}",
                         base.to_uppercase(),
                         names[0]
                     ),
                     env: vec![
-                        ("NATS_SERVER", "nats://127.0.0.1:4222".into()),
+                        ("NATS_SERVER", format!("nats://{address}")),
                         ("TOPIC", names[0].clone()),
                         ("RESPONSE_TOPIC", names[1].clone()),
                         ("ERROR_TOPIC", names[2].clone()),
@@ -447,7 +487,7 @@ impl Fixture {
                                     topic.as_str().into(),
                                     Default::default(),
                                     p,
-                                    Default::default(),
+                                    lapin::BasicProperties::default().with_delivery_mode(2),
                                 )
                                 .await?,
                         );

@@ -207,6 +207,10 @@ impl ClientContext for Context {
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!(error = %error, "librdkafka: {reason}");
+        // No broker reachable: not ready until records flow again.
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set_ready(false);
+        }
     }
 }
 
@@ -282,9 +286,8 @@ impl Source for KafkaSource {
                     continue;
                 }
             };
-            if errors > 0 {
-                self.health.set_ready(true);
-            }
+            // A record arrived: connected (after an error, or after all brokers were down).
+            self.health.set_ready(true);
             let partition = record.partition();
             let offset = record.offset();
             let key = record.key().map(bytes::Bytes::copy_from_slice);

@@ -89,7 +89,12 @@ impl Connector for RedisConnector {
         recover_orphans(&mut conn, &config).await;
 
         let stop = Stop::new();
-        let upkeep = tokio::spawn(upkeep(commands.clone(), config.clone(), stop.clone()));
+        let upkeep = tokio::spawn(upkeep(
+            commands.clone(),
+            config.clone(),
+            stop.clone(),
+            engine.health().clone(),
+        ));
         let (tx, rx) = mpsc::channel(1);
         let fetcher = tokio::spawn(fetch(
             blocking,
@@ -104,6 +109,7 @@ impl Connector for RedisConnector {
             fetcher: Some(fetcher),
             commands: commands.clone(),
             config: config.clone(),
+            health: engine.health().clone(),
         };
         let publisher = Arc::new(RedisPublisher {
             conn: commands.clone(),
@@ -203,14 +209,25 @@ async fn recover_orphans(conn: &mut ConnectionManager, config: &RedisConfig) {
 }
 
 /// Renews the heartbeat and sweeps orphans until stopped.
-async fn upkeep(mut conn: ConnectionManager, config: Arc<RedisConfig>, stop: Stop) {
+async fn upkeep(
+    mut conn: ConnectionManager,
+    config: Arc<RedisConfig>,
+    stop: Stop,
+    health: Arc<Health>,
+) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
             () = stop.cancelled() => return,
         }
-        if let Err(e) = heartbeat(&mut conn, &config).await {
-            tracing::warn!(error = %e, "heartbeat failed");
+        // Also the readiness probe of a consumer whose messages are all with the function
+        // (nothing else talks to Redis then).
+        match heartbeat(&mut conn, &config).await {
+            Ok(()) => health.set_ready(true),
+            Err(e) => {
+                health.set_ready(false);
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
         }
         recover_orphans(&mut conn, &config).await;
     }
@@ -297,6 +314,7 @@ struct RedisSource {
     fetcher: Option<tokio::task::JoinHandle<()>>,
     commands: ConnectionManager,
     config: Arc<RedisConfig>,
+    health: Arc<Health>,
 }
 
 impl Source for RedisSource {
@@ -318,6 +336,7 @@ impl Source for RedisSource {
                 payload,
                 conn: self.commands.clone(),
                 config: self.config.clone(),
+                health: self.health.clone(),
             },
         }))
     }
@@ -335,6 +354,7 @@ pub struct RedisAck {
     payload: bytes::Bytes,
     conn: ConnectionManager,
     config: Arc<RedisConfig>,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for RedisAck {
@@ -344,25 +364,75 @@ impl std::fmt::Debug for RedisAck {
 }
 
 impl Acknowledger for RedisAck {
-    async fn ack(mut self) -> Result<(), BoxError> {
-        let _: usize = self
-            .conn
-            .lrem(self.config.processing_list(), 1, &self.payload[..])
-            .await?;
-        Ok(())
+    async fn ack(self) -> Result<(), BoxError> {
+        let list = self.config.processing_list();
+        until_done(
+            &self.health,
+            "removing a finished message from the processing list",
+            || {
+                let mut conn = self.conn.clone();
+                let (list, payload) = (list.clone(), self.payload.clone());
+                async move {
+                    conn.lrem::<_, _, usize>(list, 1, &payload[..])
+                        .await
+                        .map(drop)
+                }
+            },
+        )
+        .await
     }
 
-    async fn requeue(mut self, _message: Message) -> Result<(), BoxError> {
+    async fn requeue(self, _message: Message) -> Result<(), BoxError> {
         // Back to the head of the source list, atomically with leaving the processing list.
-        let _: () = redis::pipe()
-            .atomic()
-            .lrem(self.config.processing_list(), 1, &self.payload[..])
-            .ignore()
-            .lpush(&self.config.list, &self.payload[..])
-            .ignore()
-            .query_async(&mut self.conn)
-            .await?;
-        Ok(())
+        let list = self.config.processing_list();
+        until_done(
+            &self.health,
+            "returning a message to the source list",
+            || {
+                let mut conn = self.conn.clone();
+                let (list, source, payload) =
+                    (list.clone(), self.config.list.clone(), self.payload.clone());
+                async move {
+                    redis::pipe()
+                        .atomic()
+                        .lrem(list, 1, &payload[..])
+                        .ignore()
+                        .lpush(source, &payload[..])
+                        .ignore()
+                        .query_async::<()>(&mut conn)
+                        .await
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// How long a settle keeps retrying through a Redis outage.
+const SETTLE_RETRY_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `op` until it succeeds (or [`SETTLE_RETRY_LIMIT`] passes). The processing list is this
+/// connector's own redelivery: a settle lost to an outage would leave the message there, not
+/// redelivered until this process exits, so the settle waits for Redis to come back instead.
+/// Readiness is off while it retries (the fetcher turns it on again once Redis answers).
+async fn until_done<F, Fut>(health: &Health, what: &str, mut op: F) -> Result<(), BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<()>>,
+{
+    let mut backoff = connector_core::backoff::ReconnectBackoff::default();
+    let deadline = tokio::time::Instant::now() + SETTLE_RETRY_LIMIT;
+    loop {
+        match op().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                health.set_ready(false);
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

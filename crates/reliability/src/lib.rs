@@ -1,2 +1,143 @@
-//! Tests only: see `tests/`. The connector binaries under test come from the same target
+//! Shared by the reliability tests (`tests/`): the connector binaries under test, their
+//! environment, and a collector of what they write back. The binaries come from the same target
 //! directory (`cargo test --workspace` builds them).
+
+use broker_fixtures::{Fixture, Kind, Outcomes};
+use connector_core::Destination;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Every broker that runs here.
+pub const KINDS: [Kind; 4] = [Kind::Kafka, Kind::Redis, Kind::RabbitMq, Kind::Nats];
+/// The connectors' in-flight limit in these tests.
+pub const IN_FLIGHT: usize = 8;
+/// The longest any wait in these tests may take.
+pub const WAIT: Duration = Duration::from_secs(240);
+
+/// The connector binary for `kind`, built next to the test binary.
+pub fn binary(kind: Kind) -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/faults-… → target/<profile>/<connector>
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir");
+    let bin = dir.join(kind.binary());
+    assert!(
+        bin.is_file(),
+        "{} is not built; `cargo test --workspace` builds it (or `cargo build -p {}`)",
+        bin.display(),
+        kind.binary()
+    );
+    bin.to_string_lossy().into_owned()
+}
+
+/// A fresh fixture on the local broker.
+pub async fn fixture(kind: Kind) -> Fixture {
+    Fixture::start(kind)
+        .await
+        .unwrap_or_else(|e| panic!("{kind:?}: {e}"))
+}
+
+/// The connector's environment: the fixture's, the endpoint, no retries, in-flight limit
+/// [`IN_FLIGHT`], then `extra` (replacing).
+pub fn env(
+    kind: Kind,
+    fx: &Fixture,
+    endpoint: &str,
+    extra: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut env = fx.env.clone();
+    env.extend([
+        ("HTTP_ENDPOINT", endpoint.to_owned()),
+        ("MAX_RETRIES", "0".to_owned()),
+        ("CONTENT_TYPE", "application/octet-stream".to_owned()),
+    ]);
+    env.extend(kind.in_flight_env(IN_FLIGHT));
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k, (*v).to_owned()));
+    }
+    env
+}
+
+/// Everything read back from the destinations.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    /// Responses, counted per body.
+    pub responses: HashMap<Vec<u8>, usize>,
+    /// Error documents.
+    pub errors: Vec<Vec<u8>>,
+    /// Why reading stopped, if it did.
+    pub failed: Option<String>,
+}
+
+/// Reads the response and error destinations for the whole test.
+#[derive(Debug)]
+pub struct Collector {
+    seen: Arc<Mutex<Seen>>,
+    changed: Arc<Notify>,
+}
+
+impl Collector {
+    /// Reads `outcomes` until the test ends.
+    pub fn start(mut outcomes: Outcomes) -> Self {
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let changed = Arc::new(Notify::new());
+        let (s, c) = (seen.clone(), changed.clone());
+        tokio::spawn(async move {
+            loop {
+                let next = outcomes.next().await;
+                {
+                    let mut seen = s.lock().unwrap();
+                    match next {
+                        Ok((Destination::Response, body, _)) => {
+                            *seen.responses.entry(body).or_default() += 1;
+                        }
+                        Ok((Destination::Error, body, _)) => seen.errors.push(body),
+                        Err(e) => seen.failed = Some(e.to_string()),
+                    }
+                }
+                c.notify_waiters();
+                if s.lock().unwrap().failed.is_some() {
+                    break;
+                }
+            }
+        });
+        Self { seen, changed }
+    }
+
+    /// What was read so far.
+    pub fn snapshot(&self) -> Seen {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (event-driven) until `done` holds for what was read.
+    pub async fn wait(&self, what: &str, done: impl Fn(&Seen) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.changed.notified();
+            {
+                let seen = self.seen.lock().unwrap();
+                assert!(
+                    seen.failed.is_none(),
+                    "reading the destinations: {:?}",
+                    seen.failed
+                );
+                if done(&seen) {
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let seen = self.snapshot();
+                panic!(
+                    "{what}: not within {WAIT:?} ({} distinct responses, {} error documents)",
+                    seen.responses.len(),
+                    seen.errors.len()
+                );
+            }
+        }
+    }
+}

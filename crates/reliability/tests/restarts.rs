@@ -1,0 +1,237 @@
+//! The broker goes away mid-load and comes back: the connector reports not-ready while it is
+//! gone, reconnects, and every message is answered. Redis and NATS run as this test's own
+//! servers (persistent: Redis with an fsync'd append-only file, JetStream on disk) so they can be
+//! stopped and started; RabbitMQ is the local one (`rabbitmqctl stop_app` / `start_app`; this
+//! test binary runs alone, as `cargo test` runs binaries one after another). Kafka is not here:
+//! the mock cluster's `broker_down` did not disconnect a client in another process, and tansu
+//! keeps its data in memory only.
+
+use broker_fixtures::{Fixture, Kind};
+use connector_core::testkit::{Process, Reply, Sink, free_port, unique};
+use reliability::{Collector, WAIT, binary, env};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A broker server this test starts, stops and starts again on the same port and data.
+struct OwnServer {
+    program: &'static str,
+    args: Vec<String>,
+    port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl OwnServer {
+    fn redis() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("redis-restart"));
+        let args = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir.to_string_lossy(),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ];
+        Self::start(
+            "redis-server",
+            args.iter().map(|a| (*a).to_owned()).collect(),
+            port,
+            dir,
+        )
+    }
+
+    fn nats() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("nats-restart"));
+        let args = [
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-sd",
+            &dir.to_string_lossy(),
+        ];
+        Self::start(
+            "nats-server",
+            args.iter().map(|a| (*a).to_owned()).collect(),
+            port,
+            dir,
+        )
+    }
+
+    fn start(program: &'static str, args: Vec<String>, port: u16, dir: PathBuf) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Self {
+            program,
+            args,
+            port,
+            child: None,
+            dir,
+        };
+        s.up();
+        s
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server and returns once it accepts connections.
+    fn up(&mut self) {
+        let child = Command::new(self.program)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); it is installed with the broker's Debian package",
+                    self.program
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // An external process gives no event for "listening": poll its port.
+        while std::net::TcpStream::connect(self.address()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not start listening",
+                self.program
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server gracefully (SIGTERM: both flush their data) and waits for its exit.
+    fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `rabbitmqctl stop_app`, and `start_app` again however the test ends.
+struct RabbitStopped;
+
+impl RabbitStopped {
+    fn stop() -> Self {
+        rabbitmqctl("stop_app");
+        Self
+    }
+}
+
+impl Drop for RabbitStopped {
+    fn drop(&mut self) {
+        rabbitmqctl("start_app");
+    }
+}
+
+fn rabbitmqctl(command: &str) {
+    let ok = Command::new("rabbitmqctl")
+        .arg(command)
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "rabbitmqctl {command} failed (RabbitMQ must be the local server)"
+    );
+}
+
+async fn broker_restart(kind: Kind) -> String {
+    let mut server = match kind {
+        Kind::Redis => Some(OwnServer::redis()),
+        Kind::Nats => Some(OwnServer::nats()),
+        Kind::Kafka | Kind::RabbitMq => None,
+    };
+    let address = server.as_ref().map(OwnServer::address);
+    let mut fx = Fixture::start_at(kind, address.as_deref())
+        .await
+        .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+    let collector = Collector::start(fx.take_outcomes());
+    let sink = Sink::start().await;
+    // Slow enough that the load outlasts taking the broker down (rabbitmqctl takes seconds).
+    sink.respond(|r| {
+        Reply::status(200)
+            .body(r.body.clone())
+            .delay(Duration::from_millis(20))
+    });
+    let total = 1500;
+    let payloads: Vec<Vec<u8>> = (0..total)
+        .map(|i| format!("{kind:?}-restart-{i}").into_bytes())
+        .collect();
+    fx.publish(&payloads, 0, |_| {}).await.unwrap();
+    let mut p = Process::start(&binary(kind), &env(kind, &fx, &sink.url("/fn"), &[]));
+    p.wait_log(kind.consuming_log(), 1).await;
+    sink.wait_for_requests(50, WAIT).await;
+
+    let started = Instant::now();
+    let rabbit = match kind {
+        Kind::RabbitMq => Some(RabbitStopped::stop()),
+        Kind::Redis | Kind::Nats | Kind::Kafka => {
+            server.as_mut().expect("an own server").down();
+            None
+        }
+    };
+    // Readiness drops while the broker is gone.
+    p.wait_log("\"ready\":false", 1).await;
+    let answered_while_down = sink.count();
+    // The outage is the scenario: its length is wall-clock time by definition.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    match kind {
+        Kind::RabbitMq => drop(rabbit),
+        Kind::Redis | Kind::Nats | Kind::Kafka => server.as_mut().expect("an own server").up(),
+    }
+    let outage = started.elapsed();
+    collector
+        .wait(
+            &format!("{kind:?}: every message answered after the restart"),
+            |s| payloads.iter().all(|p| s.responses.contains_key(p)),
+        )
+        .await;
+    // Ready again: the second "ready" of the run.
+    p.wait_log("\"ready\":true", 2).await;
+    p.stop().await;
+    fx.cleanup().await;
+    let seen = collector.snapshot();
+    assert!(
+        seen.errors.is_empty(),
+        "{kind:?}: {} error documents",
+        seen.errors.len()
+    );
+    let redone = sink.count() - total;
+    format!(
+        "{kind:?}: broker down {:.1} s mid-load ({answered_while_down} of {total} sent to the function before): \
+         not ready while down, reconnected, 0 lost, {redone} invoked twice",
+        outage.as_secs_f64()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_restart_mid_load_loses_nothing() {
+    for kind in [Kind::Redis, Kind::Nats, Kind::RabbitMq] {
+        eprintln!("reliability: {}", broker_restart(kind).await);
+    }
+}
