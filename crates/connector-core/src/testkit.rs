@@ -837,3 +837,36 @@ impl Tansu {
         &self.bootstrap
     }
 }
+
+/// An [`Env`](crate::Env) over a map that remembers every variable it was asked for, so a test
+/// can learn which variables a parser reads (including unset ones).
+#[derive(Debug, Default)]
+pub struct RecordingEnv {
+    vars: std::collections::BTreeMap<String, String>,
+    read: Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl RecordingEnv {
+    /// An environment holding `vars`.
+    pub fn new(vars: std::collections::BTreeMap<String, String>) -> Self {
+        Self {
+            vars,
+            read: Mutex::default(),
+        }
+    }
+
+    /// The variables asked for so far.
+    pub fn into_read(self) -> std::collections::BTreeSet<String> {
+        self.read.into_inner().expect("lock")
+    }
+}
+
+impl crate::Env for RecordingEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        self.read.lock().expect("lock").insert(key.to_owned());
+        self.vars.get(key).cloned()
+    }
+    fn keys(&self) -> Vec<String> {
+        self.vars.keys().cloned().collect()
+    }
+}

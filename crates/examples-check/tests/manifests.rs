@@ -17,8 +17,8 @@
 use base64::Engine as _;
 use connector_core::app::{Connector, configure};
 use connector_core::config::{ConfigError, Env, Settings};
+use connector_core::testkit::RecordingEnv;
 use serde_json::{Value, json};
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -151,31 +151,6 @@ fn root() -> PathBuf {
 
 fn examples() -> PathBuf {
     root().join("examples")
-}
-
-/// An environment that remembers which variables the connector asked for.
-struct Recording {
-    vars: BTreeMap<String, String>,
-    read: RefCell<BTreeSet<String>>,
-}
-
-impl Recording {
-    fn new(vars: BTreeMap<String, String>) -> Self {
-        Self {
-            vars,
-            read: RefCell::default(),
-        }
-    }
-}
-
-impl Env for Recording {
-    fn get(&self, key: &str) -> Option<String> {
-        self.read.borrow_mut().insert(key.to_owned());
-        self.vars.get(key).cloned()
-    }
-    fn keys(&self) -> Vec<String> {
-        self.vars.keys().cloned().collect()
-    }
 }
 
 /// One YAML document and where it came from.
@@ -357,10 +332,10 @@ fn parse_env(
     vars: BTreeMap<String, String>,
     origin: &str,
 ) -> (Settings, BTreeSet<String>) {
-    let env = Recording::new(vars);
+    let env = RecordingEnv::new(vars);
     let settings = (kind.configure)(&env)
         .unwrap_or_else(|e| panic!("{origin}: {} rejects this environment: {e}", kind.name));
-    let read = env.read.into_inner();
+    let read = env.into_read();
     (settings, read)
 }
 
@@ -803,9 +778,9 @@ fn check_custom_connector(docs: &[Doc]) {
     let so = one(docs, "ScaledObject", file);
     let target = so.value["spec"]["scaleTargetRef"]["name"].as_str().unwrap();
     let (connector, env, _) = container_env(docs, target);
-    let recording = Recording::new(env.clone());
+    let recording = RecordingEnv::new(env.clone());
     Settings::from_env(&recording).unwrap_or_else(|e| panic!("{file}: {target}: {e}"));
-    let read = recording.read.into_inner();
+    let read = recording.into_read();
     for var in env.keys() {
         assert!(
             read.contains(var) || CONNECTOR_VARS.contains(&var.as_str()),
@@ -828,10 +803,10 @@ fn check_custom_connector(docs: &[Doc]) {
         "{file}: the scaler is the connector's binary"
     );
     assert_eq!(scaler["args"], json!(["scaler"]), "{file}: scaler mode");
-    let recording = Recording::new(scaler_env.clone());
+    let recording = RecordingEnv::new(scaler_env.clone());
     let settings = connector_core::scaler::ScalerSettings::from_env(&recording)
         .unwrap_or_else(|e| panic!("{file}: scaler: {e}"));
-    let read = recording.read.into_inner();
+    let read = recording.into_read();
     for var in scaler_env.keys() {
         assert!(
             read.contains(var) || SCALER_VARS.contains(&var.as_str()),

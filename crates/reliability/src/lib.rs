@@ -109,6 +109,25 @@ impl Collector {
         Self { seen, changed }
     }
 
+    /// Waits until each of `payloads` has a response; `what` names the wait in a failure.
+    pub async fn wait_answered(&self, what: &str, payloads: &[Vec<u8>]) {
+        self.wait(what, |s| {
+            payloads.iter().all(|p| s.responses.contains_key(p))
+        })
+        .await;
+    }
+
+    /// What was read, requiring that no error document was among it.
+    pub fn without_errors(&self, what: &str) -> Seen {
+        let seen = self.snapshot();
+        assert!(
+            seen.errors.is_empty(),
+            "{what}: {} error documents",
+            seen.errors.len()
+        );
+        seen
+    }
+
     /// What was read so far.
     pub fn snapshot(&self) -> Seen {
         self.seen.lock().unwrap().clone()

@@ -6,7 +6,7 @@
 
 use connector_core::app::{Connector, configure};
 use connector_core::config::{ConfigError, Env};
-use std::cell::RefCell;
+use connector_core::testkit::RecordingEnv;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Values that are wrong for most typed variables; the last one is distinctive, so an echo of
@@ -28,21 +28,6 @@ const CANARY: &str = "Q7-echo-canary-Q7";
 
 /// Variables whose value must never be shown (substrings of the name).
 const SECRET_NAMES: &[&str] = &["PASSWORD", "SECRET", "TOKEN", "NKEY", "CREDENTIALS", "KEY"];
-
-struct Recording {
-    vars: BTreeMap<String, String>,
-    read: RefCell<BTreeSet<String>>,
-}
-
-impl Env for Recording {
-    fn get(&self, key: &str) -> Option<String> {
-        self.read.borrow_mut().insert(key.to_owned());
-        self.vars.get(key).cloned()
-    }
-    fn keys(&self) -> Vec<String> {
-        self.vars.keys().cloned().collect()
-    }
-}
 
 struct Case {
     connector: &'static str,
@@ -219,13 +204,10 @@ fn every_variable_of_every_connector_rejects_malformed_values_by_name() {
         );
 
         // What the parser asks for, with the valid base.
-        let recording = Recording {
-            vars: base.clone(),
-            read: RefCell::default(),
-        };
+        let recording = RecordingEnv::new(base.clone());
         (case.check)(&recording)
             .unwrap_or_else(|e| panic!("{}: the valid base is refused: {e}", case.connector));
-        let read = recording.read.into_inner();
+        let read = recording.into_read();
         assert!(
             read.len() >= 15,
             "{}: only {} variables read",
@@ -239,10 +221,7 @@ fn every_variable_of_every_connector_rejects_malformed_values_by_name() {
             for value in MALFORMED {
                 let mut vars = base.clone();
                 vars.insert(var.clone(), (*value).to_owned());
-                let env = Recording {
-                    vars,
-                    read: RefCell::default(),
-                };
+                let env = RecordingEnv::new(vars);
                 let Err(e) = (case.check)(&env) else { continue };
                 rejected += 1;
                 let line = e.to_string();

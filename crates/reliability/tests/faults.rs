@@ -77,19 +77,12 @@ async fn stop_repeatedly(kind: Kind, signal: &str, kills: usize, total: usize) -
     }
     let mut last = Process::start(&bin, &env);
     collector
-        .wait(&format!("{kind:?}: every message answered"), |s| {
-            payloads.iter().all(|p| s.responses.contains_key(p))
-        })
+        .wait_answered(&format!("{kind:?}: every message answered"), &payloads)
         .await;
     last.stop().await;
     fx.cleanup().await;
 
-    let seen = collector.snapshot();
-    assert!(
-        seen.errors.is_empty(),
-        "{kind:?}: error documents: {}",
-        seen.errors.len()
-    );
+    let seen = collector.without_errors(&format!("{kind:?}"));
     assert_eq!(
         seen.responses.len(),
         total,
@@ -185,19 +178,14 @@ async fn function_outage(kind: Kind, outage: Duration) -> String {
     let unavailable = sink.count();
     sink.respond(|r| Reply::status(200).body(r.body.clone()));
     collector
-        .wait(
+        .wait_answered(
             &format!("{kind:?}: every message answered after the outage"),
-            |s| payloads.iter().all(|p| s.responses.contains_key(p)),
+            &payloads,
         )
         .await;
     p.stop().await;
     fx.cleanup().await;
-    let seen = collector.snapshot();
-    assert!(
-        seen.errors.is_empty(),
-        "{kind:?}: {} error documents",
-        seen.errors.len()
-    );
+    collector.without_errors(&format!("{kind:?}"));
     // Without backoff each held message would have been retried thousands of times.
     let per_message = unavailable as f64 / IN_FLIGHT.min(total) as f64;
     assert!(

@@ -206,21 +206,16 @@ async fn broker_restart(kind: Kind) -> String {
     }
     let outage = started.elapsed();
     collector
-        .wait(
+        .wait_answered(
             &format!("{kind:?}: every message answered after the restart"),
-            |s| payloads.iter().all(|p| s.responses.contains_key(p)),
+            &payloads,
         )
         .await;
     // Ready again: the second "ready" of the run.
     p.wait_log("\"ready\":true", 2).await;
     p.stop().await;
     fx.cleanup().await;
-    let seen = collector.snapshot();
-    assert!(
-        seen.errors.is_empty(),
-        "{kind:?}: {} error documents",
-        seen.errors.len()
-    );
+    collector.without_errors(&format!("{kind:?}"));
     let redone = sink.count() - total;
     format!(
         "{kind:?}: broker down {:.1} s mid-load ({answered_while_down} of {total} sent to the function before): \
