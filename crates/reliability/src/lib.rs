@@ -10,7 +10,48 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Every broker that runs here.
-pub const KINDS: [Kind; 4] = [Kind::Kafka, Kind::Redis, Kind::RabbitMq, Kind::Nats];
+pub const KINDS: [Kind; 7] = [
+    Kind::Kafka,
+    Kind::Redis,
+    Kind::RabbitMq,
+    Kind::Nats,
+    Kind::Sqs,
+    Kind::Kinesis,
+    Kind::PubSub,
+];
+/// The brokers where a stopped connector's successor is shown to take over: all but Pub/Sub,
+/// whose emulator stops delivering on a subscription once any streaming-pull client has
+/// closed (Google's own client included), so a restart cannot be shown against it.
+pub const RESTARTABLE: [Kind; 6] = [
+    Kind::Kafka,
+    Kind::Redis,
+    Kind::RabbitMq,
+    Kind::Nats,
+    Kind::Sqs,
+    Kind::Kinesis,
+];
+/// `kinds`, narrowed to those named in `RELIABILITY_KINDS` (comma-separated, e.g. `sqs,kafka`)
+/// when it is set: for working on one connector. CI leaves it unset.
+pub fn selected(kinds: &[Kind]) -> Vec<Kind> {
+    match std::env::var("RELIABILITY_KINDS") {
+        Ok(names) => {
+            let wanted: Vec<Kind> = names
+                .split(',')
+                .map(|n| {
+                    Kind::parse(n.trim())
+                        .unwrap_or_else(|| panic!("RELIABILITY_KINDS: unknown broker {n:?}"))
+                })
+                .collect();
+            kinds
+                .iter()
+                .copied()
+                .filter(|k| wanted.contains(k))
+                .collect()
+        }
+        Err(_) => kinds.to_vec(),
+    }
+}
+
 /// The connectors' in-flight limit in these tests.
 pub const IN_FLIGHT: usize = 8;
 /// The longest any wait in these tests may take.
