@@ -916,7 +916,21 @@ impl PubSubEmulator {
         path: &str,
         body: serde_json::Value,
     ) -> (u16, serde_json::Value) {
+        self.rest_within(method, path, body, Duration::from_secs(60))
+            .await
+            .expect("the emulator answers within 60 s")
+    }
+
+    /// One REST call, given up (`None`) when the answer takes longer than `limit`.
+    async fn rest_within(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+        limit: Duration,
+    ) -> Option<(u16, serde_json::Value)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let deadline = tokio::time::Instant::now() + limit;
         let body = body.to_string();
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
@@ -936,17 +950,17 @@ impl PubSubEmulator {
             if let Some(done) = http1_response(&raw) {
                 break done;
             }
-            let n = tokio::time::timeout(Duration::from_secs(60), s.read(&mut chunk))
+            let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
                 .await
-                .expect("the emulator answers within 60 s")
+                .ok()?
                 .expect("read from the emulator");
             assert!(n > 0, "the emulator closed the connection mid-response");
             raw.extend_from_slice(&chunk[..n]);
         };
-        (
+        Some((
             status,
             serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-        )
+        ))
     }
 
     /// Creates topic `name`.
@@ -998,20 +1012,28 @@ impl PubSubEmulator {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// One synchronous pull of up to 100 messages from `subscription`, acknowledged.
+    /// One synchronous pull of up to 100 messages from `subscription`, acknowledged; empty when
+    /// none arrived within 10 s.
     pub async fn pull(&self, subscription: &str) -> Result<Vec<PulledMessage>, String> {
         use base64::Engine as _;
         let base = format!(
             "/v1/projects/{}/subscriptions/{subscription}",
             Self::PROJECT
         );
-        let (s, b) = self
-            .rest(
+        // The emulator holds a pull open until a message arrives, however long that takes; an
+        // idle pull is abandoned after 10 s (anything handed to it later comes back after the
+        // ack deadline).
+        let Some((s, b)) = self
+            .rest_within(
                 "POST",
                 &format!("{base}:pull"),
                 serde_json::json!({"maxMessages": 100}),
+                Duration::from_secs(10),
             )
-            .await;
+            .await
+        else {
+            return Ok(Vec::new());
+        };
         if s != 200 {
             return Err(format!("pull {subscription}: {s} {b}"));
         }
