@@ -5,7 +5,7 @@
 //! Kinesis get a `moto` server of their own, Pub/Sub an emulator of its own.
 
 use connector_core::Destination;
-use connector_core::testkit::{Moto, PubSubEmulator, unique};
+use connector_core::testkit::{Moto, OutgoingMessage, PubSubEmulator, unique};
 use futures_lite::StreamExt;
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
@@ -153,10 +153,8 @@ fn arrived(d: Destination, body: Vec<u8>) -> Outcome {
 enum Publisher {
     Kafka {
         producer: rdkafka::producer::FutureProducer,
-        // Dropped last: the mock cluster lives in this process (none for an outside broker).
-        _cluster: Option<
-            rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-        >,
+        // Dropped last: the cluster lives in this process.
+        cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     },
     Redis(redis::aio::MultiplexedConnection),
     RabbitMq(lapin::Channel),
@@ -185,9 +183,9 @@ impl Fixture {
         Self::start_at(kind, None).await
     }
 
-    /// Like [`Fixture::start`], with Redis, NATS or Kafka at `address` (`127.0.0.1:PORT`)
-    /// instead of the standard port or the mock cluster (a broker the caller runs, e.g. to
-    /// restart it). The destinations are read across broker restarts.
+    /// Like [`Fixture::start`], with Redis or NATS at `address` (`127.0.0.1:PORT`) instead of
+    /// the standard port (a broker the caller runs, e.g. to restart it). The destinations are
+    /// read across broker restarts.
     pub async fn start_at(kind: Kind, address: Option<&str>) -> Result<Self, Error> {
         let base = unique("demo");
         let (tx, outcomes) = mpsc::channel(1024);
@@ -201,21 +199,11 @@ impl Fixture {
                     format!("{base}-responses"),
                     format!("{base}-errors"),
                 ];
-                // A broker the caller runs (tansu, say), or the mock cluster in this process.
-                let (cluster, bootstrap) = match address {
-                    Some(a) => {
-                        create_topics(a, &names).await?;
-                        (None, a.to_owned())
-                    }
-                    None => {
-                        let cluster = rdkafka::mocking::MockCluster::new(1)?;
-                        cluster.create_topic(&names[0], 3, 1)?;
-                        cluster.create_topic(&names[1], 1, 1)?;
-                        cluster.create_topic(&names[2], 1, 1)?;
-                        let bootstrap = cluster.bootstrap_servers();
-                        (Some(cluster), bootstrap)
-                    }
-                };
+                let cluster = rdkafka::mocking::MockCluster::new(1)?;
+                cluster.create_topic(&names[0], 3, 1)?;
+                cluster.create_topic(&names[1], 1, 1)?;
+                cluster.create_topic(&names[2], 1, 1)?;
+                let bootstrap = cluster.bootstrap_servers();
                 let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
                     .set("bootstrap.servers", &bootstrap)
                     .set("linger.ms", "2")
@@ -224,6 +212,9 @@ impl Fixture {
                     .set("bootstrap.servers", &bootstrap)
                     .set("group.id", format!("{base}-reader"))
                     .set("enable.auto.commit", "false")
+                    // An offset the broker no longer has (a restarted broker): read it all
+                    // again rather than skip to the end.
+                    .set("auto.offset.reset", "earliest")
                     .set("fetch.wait.max.ms", "10")
                     .create()?;
                 let mut tpl = rdkafka::TopicPartitionList::new();
@@ -243,6 +234,11 @@ impl Fixture {
                                 };
                                 Ok(arrived(d, m.payload().unwrap_or_default().to_vec()))
                             }
+                            // The broker restarting: librdkafka reconnects by itself.
+                            Err(rdkafka::error::KafkaError::MessageConsumption(
+                                rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                                | rdkafka::types::RDKafkaErrorCode::AllBrokersDown,
+                            )) => continue,
                             Err(e) => Err(e.to_string()),
                         };
                         if tx.send(item).await.is_err() {
@@ -251,15 +247,12 @@ impl Fixture {
                     }
                 });
                 Ok(Self {
-                    description: match address {
-                        Some(a) => format!("Kafka at {a}, topic {} with 3 partitions", names[0]),
-                        None => format!(
-                            "Kafka: librdkafka's mock cluster in this process ({bootstrap}), topic {} \
-                             with 3 partitions, each processed in order; fetch.wait.max.ms 10 ms (the \
-                             mock cluster answers fetches only when it expires)",
-                            names[0]
-                        ),
-                    },
+                    description: format!(
+                        "Kafka: librdkafka's mock cluster in this process ({bootstrap}), topic {} with 3 \
+                         partitions, each processed in order; fetch.wait.max.ms 10 ms (the mock cluster \
+                         answers fetches only when it expires)",
+                        names[0]
+                    ),
                     env: vec![
                         ("BOOTSTRAP_SERVERS", bootstrap),
                         ("TOPIC", names[0].clone()),
@@ -275,10 +268,7 @@ impl Fixture {
                     ],
                     names,
                     outcomes: Some(Outcomes(outcomes)),
-                    publisher: Publisher::Kafka {
-                        producer,
-                        _cluster: cluster,
-                    },
+                    publisher: Publisher::Kafka { producer, cluster },
                 })
             }
             Kind::Redis => {
@@ -599,7 +589,7 @@ impl Fixture {
                 }
                 Publisher::PubSub(emulator) => {
                     // A request carries at most 10 MB: large payloads one at a time.
-                    let mut batch: Vec<(&[u8], &[(&str, &str)])> = Vec::new();
+                    let mut batch: Vec<OutgoingMessage<'_>> = Vec::new();
                     let mut size = 0;
                     for p in chunk {
                         if size + p.len() > 4 * 1024 * 1024 && !batch.is_empty() {
@@ -697,6 +687,21 @@ impl Fixture {
                 req.send().await?;
             }
             _ => return Err("this broker's messages carry no byte-valued headers".into()),
+        }
+        Ok(())
+    }
+
+    /// Takes Kafka's mock cluster down (`false`: every connection dropped, new ones refused)
+    /// or brings it back (`true`), its data intact: a broker restart as clients see it.
+    pub fn set_kafka_up(&self, up: bool) -> Result<(), Error> {
+        let Publisher::Kafka { cluster, .. } = &self.publisher else {
+            return Err("only Kafka's mock cluster can be taken down by the fixture".into());
+        };
+        // -1: every broker of the cluster.
+        if up {
+            cluster.broker_up(-1)?;
+        } else {
+            cluster.broker_down(-1)?;
         }
         Ok(())
     }
@@ -993,28 +998,4 @@ async fn start_pubsub(base: &str, tx: Tx, outcomes: Rx) -> Result<Fixture, Error
         outcomes: Some(Outcomes(outcomes)),
         publisher: Publisher::PubSub(emulator),
     })
-}
-
-/// Creates the source topic (3 partitions) and the destinations (1 each) on the broker at
-/// `bootstrap`.
-async fn create_topics(bootstrap: &str, names: &[String; 3]) -> Result<(), Error> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .zip([3, 1, 1])
-        .map(|(n, p)| NewTopic::new(n, p, TopicReplication::Fixed(1)))
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let created = reach(
-        admin.create_topics(&topics, &options).await,
-        &format!("Kafka is not reachable at {bootstrap}"),
-        "a Kafka-protocol broker on that address",
-    )?;
-    for r in created {
-        r.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
-    }
-    Ok(())
 }

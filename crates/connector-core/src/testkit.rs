@@ -212,17 +212,28 @@ async fn wait_until(
     changed: &Notify,
     limit: Duration,
     what: &str,
-    mut done: impl FnMut() -> (bool, usize),
+    done: impl FnMut() -> (bool, usize),
 ) {
+    if let Err(seen) = try_wait_until(changed, limit, done).await {
+        panic!("waited {limit:?} for {what}, have {seen}");
+    }
+}
+
+/// [`wait_until`] that returns the last observed count instead of panicking.
+async fn try_wait_until(
+    changed: &Notify,
+    limit: Duration,
+    mut done: impl FnMut() -> (bool, usize),
+) -> Result<(), usize> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let notified = changed.notified();
         let (ok, seen) = done();
         if ok {
-            return;
+            return Ok(());
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            panic!("waited {limit:?} for {what}, have {seen}");
+            return Err(seen);
         }
     }
 }
@@ -522,23 +533,22 @@ impl Process {
 
     /// Waits for the `times`-th log line containing `needle`.
     pub async fn wait_log(&self, needle: &str, times: usize) {
-        let what = format!("log line {needle:?} x{times}");
-        let limit = self.limit;
-        let waited = tokio::time::timeout(
-            limit + Duration::from_secs(1),
-            wait_until(&self.logged, limit, &what, || {
-                let seen = self
-                    .logs
-                    .lock()
-                    .expect("lock")
-                    .iter()
-                    .filter(|l| l.contains(needle))
-                    .count();
-                (seen >= times, seen)
-            }),
-        );
-        if waited.await.is_err() {
-            panic!("{what} never came; logs:\n{}", self.logs());
+        let waited = try_wait_until(&self.logged, self.limit, || {
+            let seen = self
+                .logs
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count();
+            (seen >= times, seen)
+        });
+        if let Err(seen) = waited.await {
+            panic!(
+                "waited {:?} for log line {needle:?} x{times}, have {seen}; logs:\n{}",
+                self.limit,
+                self.logs()
+            );
         }
     }
 
@@ -979,11 +989,11 @@ impl PubSubEmulator {
         assert_eq!(s, 200, "create subscription {name}: {b}");
     }
 
-    /// Publishes messages (data, attributes) to `topic` in one request.
+    /// Publishes messages to `topic` in one request.
     pub async fn publish_all(
         &self,
         topic: &str,
-        messages: &[(&[u8], &[(&str, &str)])],
+        messages: &[OutgoingMessage<'_>],
     ) -> Result<(), String> {
         use base64::Engine as _;
         let messages: Vec<serde_json::Value> = messages
@@ -1092,6 +1102,9 @@ impl PubSubEmulator {
         self.read_until(subscription, |g| g.len() >= n).await
     }
 }
+
+/// A message for [`PubSubEmulator::publish_all`]: its data and attributes.
+pub type OutgoingMessage<'a> = (&'a [u8], &'a [(&'a str, &'a str)]);
 
 /// The status and body of the complete HTTP/1.1 response at the start of `raw` (fixed length or
 /// chunked), or `None` while more bytes are needed.

@@ -60,9 +60,12 @@ impl Connector for KafkaConnector {
             tracing::warn!("UNSAFE_SSL=true: the broker's certificate is not verified");
         }
         let tracker = Arc::new(OffsetTracker::default());
+        let events = || Events {
+            health: engine.health().clone(),
+        };
         let context = Context {
             tracker: tracker.clone(),
-            health: engine.health().clone(),
+            events: events(),
         };
         let mut consumer_config = client_config(&config);
         consumer_config
@@ -96,7 +99,7 @@ impl Connector for KafkaConnector {
             // function); 1 ms keeps batching under load.
             .set("linger.ms", "1");
         apply_properties(&mut producer_config, &config);
-        let producer: FutureProducer = producer_config.create()?;
+        let producer: FutureProducer<Events> = producer_config.create_with_context(events())?;
 
         let (requeue_tx, requeue_rx) = mpsc::unbounded_channel();
         let mut source = KafkaSource {
@@ -187,13 +190,14 @@ fn apply_properties(c: &mut ClientConfig, config: &KafkaConfig) {
     }
 }
 
-/// Receives rebalance events: partitions that change hands start afresh in the tracker.
-struct Context {
-    tracker: Arc<OffsetTracker>,
+/// librdkafka's logs and errors, for the consumer and the producer alike. The producer's own
+/// poll thread delivers its errors at once, while the consumer's wait until it is polled — which
+/// it is not while every in-flight slot waits on an outcome the producer cannot deliver.
+struct Events {
     health: Arc<Health>,
 }
 
-impl ClientContext for Context {
+impl ClientContext for Events {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg
@@ -214,6 +218,23 @@ impl ClientContext for Context {
     }
 }
 
+/// The consumer's context: [`Events`], plus rebalances (partitions that change hands start
+/// afresh in the tracker).
+struct Context {
+    tracker: Arc<OffsetTracker>,
+    events: Events,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.events.log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.events.error(error, reason);
+    }
+}
+
 fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
     tpl.elements().iter().map(|e| e.partition()).collect()
 }
@@ -225,7 +246,7 @@ impl ConsumerContext for Context {
                 let p = partitions(tpl);
                 tracing::info!(partitions = ?p, "partitions assigned");
                 self.tracker.reset(&p);
-                self.health.set_ready(true);
+                self.events.health.set_ready(true);
             }
             Rebalance::Revoke(tpl) => {
                 let p = partitions(tpl);
@@ -384,7 +405,7 @@ impl Acknowledger for KafkaAck {
 
 /// Writes responses and error documents; resolves on the broker's delivery report.
 struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: FutureProducer<Events>,
 }
 
 impl Publisher<()> for KafkaPublisher {

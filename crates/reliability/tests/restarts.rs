@@ -1,12 +1,13 @@
 //! The broker goes away mid-load and comes back: the connector reports not-ready while it is
 //! gone, reconnects, and every message is answered. Redis and NATS run as this test's own
 //! servers (persistent: Redis with an fsync'd append-only file, JetStream on disk) so they can be
-//! stopped and started; Kafka is `tansu` keeping its data in S3 (a `moto` server of the test's);
-//! RabbitMQ is the local one (`rabbitmqctl stop_app` / `start_app`; this test binary runs alone,
-//! as `cargo test` runs binaries one after another).
+//! stopped and started; Kafka is librdkafka's mock cluster in this process, taken down (every
+//! connection dropped, new ones refused) and brought back with its data; RabbitMQ is the local
+//! one (`rabbitmqctl stop_app` / `start_app`; this test binary runs alone, as `cargo test` runs
+//! binaries one after another). `RELIABILITY_KINDS` picks brokers.
 
 use broker_fixtures::{Fixture, Kind};
-use connector_core::testkit::{Moto, Process, Reply, Sink, Tansu, free_port, unique};
+use connector_core::testkit::{Process, Reply, Sink, free_port, unique};
 use reliability::{Collector, WAIT, binary, env, selected};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -14,9 +15,8 @@ use std::time::{Duration, Instant};
 
 /// A broker server this test starts, stops and starts again on the same port and data.
 struct OwnServer {
-    program: String,
+    program: &'static str,
     args: Vec<String>,
-    env: Vec<(&'static str, String)>,
     port: u16,
     child: Option<Child>,
     dir: PathBuf,
@@ -26,14 +26,13 @@ impl OwnServer {
     fn redis() -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("redis-restart"));
-        let data = dir.to_string_lossy().into_owned();
         let args = [
             "--port",
             &port.to_string(),
             "--bind",
             "127.0.0.1",
             "--dir",
-            &data,
+            &dir.to_string_lossy(),
             "--appendonly",
             "yes",
             "--appendfsync",
@@ -41,13 +40,17 @@ impl OwnServer {
             "--save",
             "",
         ];
-        Self::start("redis-server", &args, vec![], port, dir)
+        Self::start(
+            "redis-server",
+            args.iter().map(|a| (*a).to_owned()).collect(),
+            port,
+            dir,
+        )
     }
 
     fn nats() -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("nats-restart"));
-        let data = dir.to_string_lossy().into_owned();
         let args = [
             "-js",
             "-a",
@@ -55,46 +58,21 @@ impl OwnServer {
             "-p",
             &port.to_string(),
             "-sd",
-            &data,
+            &dir.to_string_lossy(),
         ];
-        Self::start("nats-server", &args, vec![], port, dir)
+        Self::start(
+            "nats-server",
+            args.iter().map(|a| (*a).to_owned()).collect(),
+            port,
+            dir,
+        )
     }
 
-    /// tansu with its storage in bucket `tansu` of `s3` (which outlives the broker).
-    async fn tansu(s3: &Moto) -> Self {
-        create_bucket(s3.endpoint(), "tansu").await;
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let args = [
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "s3://tansu/",
-        ];
-        let mut env = s3.env();
-        env.extend([
-            ("AWS_ALLOW_HTTP", "true".to_owned()),
-            ("AWS_DEFAULT_REGION", "us-east-1".to_owned()),
-        ]);
-        let dir = std::env::temp_dir().join(unique("tansu-restart"));
-        Self::start(&Tansu::binary(), &args, env, port, dir)
-    }
-
-    fn start(
-        program: &str,
-        args: &[&str],
-        env: Vec<(&'static str, String)>,
-        port: u16,
-        dir: PathBuf,
-    ) -> Self {
+    fn start(program: &'static str, args: Vec<String>, port: u16, dir: PathBuf) -> Self {
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = Self {
-            program: program.to_owned(),
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            env,
+            program,
+            args,
             port,
             child: None,
             dir,
@@ -109,9 +87,8 @@ impl OwnServer {
 
     /// Starts the server and returns once it accepts connections.
     fn up(&mut self) {
-        let child = Command::new(&self.program)
+        let child = Command::new(self.program)
             .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -155,23 +132,6 @@ impl Drop for OwnServer {
     }
 }
 
-/// Creates an S3 bucket on the `moto` server at `endpoint` (`PUT /bucket`).
-async fn create_bucket(endpoint: &str, bucket: &str) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = endpoint.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    let request = format!(
-        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await.unwrap();
-    assert!(
-        answer.starts_with("HTTP/1.1 200"),
-        "create bucket {bucket}: {answer}"
-    );
-}
-
 /// `rabbitmqctl stop_app`, and `start_app` again however the test ends.
 struct RabbitStopped;
 
@@ -201,15 +161,9 @@ fn rabbitmqctl(command: &str) {
 }
 
 async fn broker_restart(kind: Kind) -> String {
-    // tansu's storage: outlives the broker's restarts.
-    let s3 = match kind {
-        Kind::Kafka => Some(Moto::start().await),
-        _ => None,
-    };
     let mut server = match kind {
         Kind::Redis => Some(OwnServer::redis()),
         Kind::Nats => Some(OwnServer::nats()),
-        Kind::Kafka => Some(OwnServer::tansu(s3.as_ref().expect("moto")).await),
         _ => None,
     };
     let address = server.as_ref().map(OwnServer::address);
@@ -236,6 +190,10 @@ async fn broker_restart(kind: Kind) -> String {
     let started = Instant::now();
     let rabbit = match kind {
         Kind::RabbitMq => Some(RabbitStopped::stop()),
+        Kind::Kafka => {
+            fx.set_kafka_up(false).unwrap();
+            None
+        }
         _ => {
             server.as_mut().expect("an own server").down();
             None
@@ -248,6 +206,7 @@ async fn broker_restart(kind: Kind) -> String {
     tokio::time::sleep(Duration::from_secs(3)).await;
     match kind {
         Kind::RabbitMq => drop(rabbit),
+        Kind::Kafka => fx.set_kafka_up(true).unwrap(),
         _ => server.as_mut().expect("an own server").up(),
     }
     let outage = started.elapsed();
