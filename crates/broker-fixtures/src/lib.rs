@@ -10,6 +10,7 @@ use futures_lite::StreamExt;
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::Producer as _;
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -187,6 +188,24 @@ impl Fixture {
     /// the standard port (a broker the caller runs, e.g. to restart it). The destinations are
     /// read across broker restarts.
     pub async fn start_at(kind: Kind, address: Option<&str>) -> Result<Self, Error> {
+        Self::start_with(kind, address, None).await
+    }
+
+    /// Like [`Fixture::start_at`], for a Redis or NATS server that requires TLS with a
+    /// certificate issued by the CA in PEM file `ca_file`. The environment turns TLS on
+    /// (`ENABLE_TLS`, `NATS_TLS`) but does not give the connector the CA: that is the caller's.
+    pub async fn start_tls(kind: Kind, address: &str, ca_file: &Path) -> Result<Self, Error> {
+        if !matches!(kind, Kind::Redis | Kind::Nats) {
+            return Err(format!("{kind:?}: the fixture has no TLS").into());
+        }
+        Self::start_with(kind, Some(address), Some(ca_file)).await
+    }
+
+    async fn start_with(
+        kind: Kind,
+        address: Option<&str>,
+        tls: Option<&Path>,
+    ) -> Result<Self, Error> {
         let base = unique("demo");
         let (tx, outcomes) = mpsc::channel(1024);
         match kind {
@@ -278,7 +297,16 @@ impl Fixture {
                     format!("{base}-errors"),
                 ];
                 let address = address.unwrap_or("127.0.0.1:6379").to_owned();
-                let client = redis::Client::open(format!("redis://{address}"))?;
+                let client = match tls {
+                    None => redis::Client::open(format!("redis://{address}"))?,
+                    Some(ca) => redis::Client::build_with_tls(
+                        format!("rediss://{address}"),
+                        redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(std::fs::read(ca)?),
+                        },
+                    )?,
+                };
                 let conn = reach(
                     client.get_multiplexed_async_connection().await,
                     &format!("Redis is not reachable at {address}"),
@@ -336,6 +364,7 @@ impl Fixture {
                         // One pod name across restarts: a restarted replica takes back what a
                         // killed one left in its processing list.
                         ("CONSUMER_ID", format!("{base}-pod")),
+                        ("ENABLE_TLS", tls.is_some().to_string()),
                     ],
                     names,
                     outcomes: Some(Outcomes(outcomes)),
@@ -428,8 +457,14 @@ impl Fixture {
                     format!("{base}.errors"),
                 ];
                 let address = address.unwrap_or("127.0.0.1:4222").to_owned();
+                let options = match tls {
+                    None => async_nats::ConnectOptions::new(),
+                    Some(ca) => async_nats::ConnectOptions::new()
+                        .require_tls(true)
+                        .add_root_certificates(ca.to_path_buf()),
+                };
                 let client = reach(
-                    async_nats::connect(address.as_str()).await,
+                    options.connect(address.as_str()).await,
                     &format!("NATS is not reachable at {address}"),
                     "nats-server -js -a 127.0.0.1 -p 4222 &",
                 )?;
@@ -489,6 +524,7 @@ impl Fixture {
                         ("CONSUMER", format!("{base}-connector")),
                         // Unacked messages of a killed replica come back after 2 s.
                         ("ACKWAIT", "2s".into()),
+                        ("NATS_TLS", tls.is_some().to_string()),
                     ],
                     names,
                     outcomes: Some(Outcomes(outcomes)),

@@ -955,7 +955,7 @@ impl PubSubEmulator {
             .expect("send to the emulator");
         // Read exactly one response: the emulator keeps the connection open.
         let mut raw = Vec::new();
-        let mut chunk = [0u8; 65536];
+        let mut chunk = vec![0u8; 65536];
         let (status, body) = loop {
             if let Some(done) = http1_response(&raw) {
                 break done;

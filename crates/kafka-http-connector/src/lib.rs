@@ -199,6 +199,12 @@ struct Events {
 
 impl ClientContext for Events {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // KAFKA_PROPERTY_* go to both clients; each ignores the other's properties, which is
+        // expected, not worth a warning at every start.
+        if fac == "CONFWARN" && message.contains("will be ignored by this") {
+            tracing::debug!(facility = fac, "librdkafka: {message}");
+            return;
+        }
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert

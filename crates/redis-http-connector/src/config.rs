@@ -13,6 +13,8 @@ pub struct RedisConfig {
     pub consumer_id: String,
     /// `MAX_IN_FLIGHT`: messages processed at once (default 1, as the original).
     pub max_in_flight: usize,
+    /// `UNSAFE_SSL` with TLS: the server's certificate is not verified.
+    pub unverified_tls: bool,
 }
 
 impl RedisConfig {
@@ -92,6 +94,7 @@ impl RedisConfig {
             list: settings.common.topic.clone(),
             consumer_id,
             max_in_flight: vars.int_in_range("MAX_IN_FLIGHT", 1, 1, 10_000)? as usize,
+            unverified_tls: tls && unsafe_ssl,
         })
     }
 

@@ -57,6 +57,9 @@ impl Connector for RedisConnector {
 
     async fn run(self, engine: Engine) -> Result<(), BoxError> {
         let config = Arc::new(self.config);
+        if config.unverified_tls {
+            tracing::warn!("UNSAFE_SSL=true: the Redis server's certificate is not verified");
+        }
         let client = redis::Client::open(config.url.expose())?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
