@@ -312,48 +312,69 @@ impl Fixture {
                     &format!("Redis is not reachable at {address}"),
                     "redis-server --daemonize yes --port 6379 --save \"\"",
                 )?;
-                // BLPOP blocks its connection: a connection of its own, without the client's
-                // response timeout (a timed-out BLPOP's item would be popped and dropped).
+                // Each destination is read by moving its records into a list of what was read
+                // (`<name>:read`): a move whose reply is lost when Redis goes away leaves the
+                // record there, and the reader takes it up after reconnecting, where a pop would
+                // have lost it. A blocking move holds its connection: one each, without the
+                // client's response timeout.
                 let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-                let mut reader = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                let lists = [names[1].clone(), names[2].clone()];
-                tokio::spawn(async move {
-                    while !tx.is_closed() {
-                        let popped: redis::RedisResult<Option<(String, Vec<u8>)>> =
-                            redis::cmd("BLPOP")
-                                .arg(&lists[..])
-                                .arg(1)
-                                .query_async(&mut reader)
-                                .await;
-                        let item = match popped {
-                            Ok(None) => continue,
-                            Ok(Some((list, v))) => {
-                                let d = if list == lists[0] {
-                                    Destination::Response
-                                } else {
-                                    Destination::Error
-                                };
-                                arrived(d, v)
-                            }
-                            // The server went away (a restart): connect again and go on.
-                            Err(_) => {
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                if let Ok(c) = client
-                                    .get_multiplexed_async_connection_with_config(&config)
+                for (list, d) in [
+                    (names[1].clone(), Destination::Response),
+                    (names[2].clone(), Destination::Error),
+                ] {
+                    let mut reader = client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?;
+                    let (client, config, tx) = (client.clone(), config.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let read = format!("{list}:read");
+                        let mut taken = 0;
+                        let mut check = false;
+                        while !tx.is_closed() {
+                            let got: redis::RedisResult<Vec<Vec<u8>>> = if check {
+                                redis::cmd("LRANGE")
+                                    .arg(&read)
+                                    .arg(taken)
+                                    .arg(-1)
+                                    .query_async(&mut reader)
                                     .await
-                                {
-                                    reader = c;
+                            } else {
+                                redis::cmd("BLMOVE")
+                                    .arg(&list)
+                                    .arg(&read)
+                                    .arg("LEFT")
+                                    .arg("RIGHT")
+                                    .arg(1)
+                                    .query_async::<Option<Vec<u8>>>(&mut reader)
+                                    .await
+                                    .map(|v| v.into_iter().collect())
+                            };
+                            match got {
+                                Ok(records) => {
+                                    check = false;
+                                    for r in records {
+                                        taken += 1;
+                                        if tx.send(Ok(arrived(d, r))).await.is_err() {
+                                            return;
+                                        }
+                                    }
                                 }
-                                continue;
+                                // The server went away (a restart): connect again, take up
+                                // what was moved unanswered, and go on.
+                                Err(_) => {
+                                    check = true;
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                    if let Ok(c) = client
+                                        .get_multiplexed_async_connection_with_config(&config)
+                                        .await
+                                    {
+                                        reader = c;
+                                    }
+                                }
                             }
-                        };
-                        if tx.send(Ok(item)).await.is_err() {
-                            break;
                         }
-                    }
-                });
+                    });
+                }
                 Ok(Self {
                     description: format!("Redis at {address}, list {}", names[0]),
                     env: vec![
@@ -756,8 +777,10 @@ impl Fixture {
             | Publisher::Kinesis { .. }
             | Publisher::PubSub(_) => {}
             Publisher::Redis(conn) => {
+                let read = self.names[1..].iter().map(|n| format!("{n}:read"));
                 let _: redis::RedisResult<()> = redis::cmd("DEL")
                     .arg(&self.names[..])
+                    .arg(read.collect::<Vec<_>>())
                     .query_async(&mut conn.clone())
                     .await;
             }

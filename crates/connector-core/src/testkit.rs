@@ -717,24 +717,11 @@ impl Moto {
             });
         let endpoint = format!("http://127.0.0.1:{port}");
         // Werkzeug prints "Running on <url>" once it listens.
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("Running on") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(
-            ready,
-            Ok(true),
+        let out = child.stderr.take().expect("piped");
+        assert!(
+            wait_for_line(out, "Running on", Duration::from_secs(60)).await,
             "the moto server did not start on {endpoint}"
         );
-        // Keep draining its log so a full pipe never blocks it.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Self {
             _child: child,
             endpoint,
@@ -811,7 +798,6 @@ impl Tansu {
 
     /// Starts tansu and waits for its "ready" line; panics saying how to install it.
     pub async fn start() -> Self {
-        use tokio::io::AsyncBufReadExt;
         let bin = Self::binary();
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
@@ -829,19 +815,12 @@ impl Tansu {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start tansu ({bin}): {e}"));
-        // tansu prints "ready in …" once it listens: wait for that line.
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("ready") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(ready, Ok(true), "tansu did not become ready on {url}");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // tansu prints "ready in …" once it listens.
+        let out = child.stdout.take().expect("piped");
+        assert!(
+            wait_for_line(out, "ready", Duration::from_secs(30)).await,
+            "tansu did not become ready on {url}"
+        );
         Self {
             _child: child,
             bootstrap: format!("127.0.0.1:{port}"),
@@ -852,6 +831,28 @@ impl Tansu {
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
+}
+
+/// Waits up to `limit` for a line containing `needle` on a child's piped output (false if it
+/// never comes), then keeps draining it so the child never blocks on a full pipe.
+async fn wait_for_line(
+    out: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    needle: &str,
+    limit: Duration,
+) -> bool {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(out).lines();
+    let seen = tokio::time::timeout(limit, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    seen == Ok(true)
 }
 
 /// Google's Pub/Sub emulator (installed with the Google Cloud CLI, component
@@ -873,7 +874,6 @@ impl PubSubEmulator {
 
     /// Starts the emulator and waits until it listens; panics saying how to install it.
     pub async fn start() -> Self {
-        use tokio::io::AsyncBufReadExt;
         let bin = std::env::var("PUBSUB_EMULATOR_BIN").unwrap_or_else(|_| {
             "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator".into()
         });
@@ -891,18 +891,11 @@ impl PubSubEmulator {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start the Pub/Sub emulator ({bin}): {e}"));
         // It logs "Server started" (on stderr) once it listens.
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("Server started") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(ready, Ok(true), "the Pub/Sub emulator did not start");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let out = child.stderr.take().expect("piped");
+        assert!(
+            wait_for_line(out, "Server started", Duration::from_secs(60)).await,
+            "the Pub/Sub emulator did not start"
+        );
         Self {
             _child: child,
             port,

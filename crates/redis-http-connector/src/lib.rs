@@ -5,13 +5,16 @@
 //! only then removed from the processing list (`LREM`). Nothing is lost when the process dies:
 //! whatever is left in a processing list goes back to the head of the source list — at start
 //! for this consumer's own list, and for any consumer whose heartbeat key has expired, by every
-//! consumer at start and periodically. (The original popped with `BLPOP` and lost in-flight
-//! messages on a crash.)
+//! consumer at start and periodically. A move whose reply is lost (Redis went away as it
+//! answered) leaves a message in the processing list that nobody holds: after every failed
+//! read the fetcher compares the list with what it holds and takes such messages up. (The
+//! original popped with `BLPOP` and lost in-flight messages on a crash.)
 
 mod config;
 
 pub use config::{RedisConfig, processing_list};
 
+use bytes::Bytes;
 use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::telemetry::Health;
 use connector_core::{
@@ -20,7 +23,8 @@ use connector_core::{
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Direction};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken as Stop;
@@ -99,11 +103,15 @@ impl Connector for RedisConnector {
             engine.health().clone(),
         ));
         let (tx, rx) = mpsc::channel(1);
+        let held = Arc::new(Held::default());
         let fetcher = tokio::spawn(fetch(
             blocking,
             config.clone(),
-            tx,
-            stop.clone(),
+            Handover {
+                tx,
+                held: held.clone(),
+                stop: stop.clone(),
+            },
             engine.health().clone(),
         ));
         let mut source = RedisSource {
@@ -113,6 +121,7 @@ impl Connector for RedisConnector {
             commands: commands.clone(),
             config: config.clone(),
             health: engine.health().clone(),
+            held,
         };
         let publisher = Arc::new(RedisPublisher {
             conn: commands.clone(),
@@ -236,21 +245,104 @@ async fn upkeep(
     }
 }
 
+/// The messages of this consumer's processing list that it holds (handed over, not yet
+/// settled), by value and count: what the list holds beyond them nobody is working on.
+#[derive(Debug, Default)]
+struct Held(Mutex<HashMap<Bytes, usize>>);
+
+impl Held {
+    fn add(&self, item: &Bytes) {
+        *self
+            .0
+            .lock()
+            .expect("lock")
+            .entry(item.clone())
+            .or_default() += 1;
+    }
+
+    /// Called after the message left the processing list (so a comparison in between sees it
+    /// held, or gone from the list, never unclaimed).
+    fn remove(&self, item: &Bytes) {
+        let mut held = self.0.lock().expect("lock");
+        if let Some(n) = held.get_mut(item) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(item);
+            }
+        }
+    }
+
+    /// The entries of `list` beyond what is held.
+    fn unclaimed(&self, list: Vec<Bytes>) -> Vec<Bytes> {
+        let mut left = self.0.lock().expect("lock").clone();
+        list.into_iter()
+            .filter(|item| match left.get_mut(item) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    false
+                }
+                _ => true,
+            })
+            .collect()
+    }
+}
+
+/// Where the fetcher hands messages over.
+struct Handover {
+    tx: mpsc::Sender<Bytes>,
+    held: Arc<Held>,
+    stop: Stop,
+}
+
+impl Handover {
+    /// Hands `items` over; false once stopped (what was not handed over stays in the
+    /// processing list and is returned to the source after the drain).
+    async fn send(&self, items: Vec<Bytes>) -> bool {
+        for item in items {
+            self.held.add(&item);
+            tokio::select! {
+                sent = self.tx.send(item) => if sent.is_err() { return false },
+                () = self.stop.cancelled() => return false,
+            }
+        }
+        true
+    }
+}
+
 /// Moves messages into the processing list and hands them over, one at a time. Runs as its own
 /// task so that a shutdown never abandons a `BLMOVE` half-way: it finishes the current one and
 /// stops, and the caller then returns what is left in the processing list.
 async fn fetch(
     mut conn: ConnectionManager,
     config: Arc<RedisConfig>,
-    tx: mpsc::Sender<Vec<u8>>,
-    stop: Stop,
+    out: Handover,
     health: Arc<Health>,
 ) {
     let processing = config.processing_list();
     let mut backoff = connector_core::backoff::ReconnectBackoff::default();
     let max_extra = config.max_in_flight.clamp(1, 100) - 1;
     let mut extra = 0;
-    while !stop.is_cancelled() {
+    // After a failed read: a move may have happened whose reply was lost.
+    let mut check_unclaimed = false;
+    while !out.stop.is_cancelled() {
+        if check_unclaimed {
+            let listed: redis::RedisResult<Vec<Vec<u8>>> = conn.lrange(&processing, 0, -1).await;
+            if let Ok(listed) = listed {
+                check_unclaimed = false;
+                let unclaimed = out
+                    .held
+                    .unclaimed(listed.into_iter().map(Bytes::from).collect());
+                if !unclaimed.is_empty() {
+                    tracing::warn!(
+                        count = unclaimed.len(),
+                        "taking up messages moved by a read whose reply was lost"
+                    );
+                    if !out.send(unclaimed).await {
+                        return;
+                    }
+                }
+            }
+        }
         let moved: redis::RedisResult<Option<Vec<u8>>> = conn
             .blmove(
                 &config.list,
@@ -268,7 +360,7 @@ async fn fetch(
                 // per message; move more in one pipelined round trip, as many as the last batch
                 // suggests (doubling while the list keeps up), never more than the in-flight
                 // bound. With MAX_IN_FLIGHT=1 (in order) nothing changes.
-                let mut batch = vec![item];
+                let mut batch = vec![Bytes::from(item)];
                 if extra > 0 {
                     let mut pipe = redis::pipe();
                     for _ in 0..extra {
@@ -276,34 +368,34 @@ async fn fetch(
                     }
                     let more: redis::RedisResult<Vec<Option<Vec<u8>>>> =
                         pipe.query_async(&mut conn).await;
-                    if let Ok(more) = more {
-                        let full = more.iter().all(Option::is_some);
-                        batch.extend(more.into_iter().flatten());
-                        extra = if full {
-                            (extra * 2).min(max_extra)
-                        } else {
-                            1.min(max_extra)
-                        };
+                    match more {
+                        Ok(more) => {
+                            let full = more.iter().all(Option::is_some);
+                            batch.extend(more.into_iter().flatten().map(Bytes::from));
+                            extra = if full {
+                                (extra * 2).min(max_extra)
+                            } else {
+                                1.min(max_extra)
+                            };
+                        }
+                        Err(_) => check_unclaimed = true,
                     }
                 } else {
                     extra = 1.min(max_extra);
                 }
-                for item in batch {
-                    tokio::select! {
-                        sent = tx.send(item) => if sent.is_err() { return },
-                        // Left in the processing list; returned to the source after the drain.
-                        () = stop.cancelled() => return,
-                    }
+                if !out.send(batch).await {
+                    return;
                 }
             }
             Ok(None) => health.set_ready(true),
             Err(e) => {
                 health.set_ready(false);
+                check_unclaimed = true;
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?delay, "reading from Redis failed");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = stop.cancelled() => return,
+                    () = out.stop.cancelled() => return,
                 }
             }
         }
@@ -312,12 +404,13 @@ async fn fetch(
 
 /// Hands over what the fetcher moved.
 struct RedisSource {
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Bytes>,
     stop: Stop,
     fetcher: Option<tokio::task::JoinHandle<()>>,
     commands: ConnectionManager,
     config: Arc<RedisConfig>,
     health: Arc<Health>,
+    held: Arc<Held>,
 }
 
 impl Source for RedisSource {
@@ -325,10 +418,9 @@ impl Source for RedisSource {
     type Ack = RedisAck;
 
     async fn next(&mut self) -> connector_core::dispatch::NextDelivery<Self> {
-        let Some(item) = self.rx.recv().await else {
+        let Some(payload) = self.rx.recv().await else {
             return Ok(None);
         };
-        let payload = bytes::Bytes::from(item);
         Ok(Some(Delivery {
             message: Message {
                 payload: payload.clone(),
@@ -340,6 +432,7 @@ impl Source for RedisSource {
                 conn: self.commands.clone(),
                 config: self.config.clone(),
                 health: self.health.clone(),
+                held: self.held.clone(),
             },
         }))
     }
@@ -354,10 +447,11 @@ impl Source for RedisSource {
 
 /// Removes a finished message from the processing list.
 pub struct RedisAck {
-    payload: bytes::Bytes,
+    payload: Bytes,
     conn: ConnectionManager,
     config: Arc<RedisConfig>,
     health: Arc<Health>,
+    held: Arc<Held>,
 }
 
 impl std::fmt::Debug for RedisAck {
@@ -369,7 +463,7 @@ impl std::fmt::Debug for RedisAck {
 impl Acknowledger for RedisAck {
     async fn ack(self) -> Result<(), BoxError> {
         let list = self.config.processing_list();
-        until_done(
+        let removed = until_done(
             &self.health,
             "removing a finished message from the processing list",
             || {
@@ -382,13 +476,16 @@ impl Acknowledger for RedisAck {
                 }
             },
         )
-        .await
+        .await;
+        // Still in the list if that failed: the next comparison takes it up again.
+        self.held.remove(&self.payload);
+        removed
     }
 
     async fn requeue(self, _message: Message) -> Result<(), BoxError> {
         // Back to the head of the source list, atomically with leaving the processing list.
         let list = self.config.processing_list();
-        until_done(
+        let returned = until_done(
             &self.health,
             "returning a message to the source list",
             || {
@@ -407,7 +504,9 @@ impl Acknowledger for RedisAck {
                 }
             },
         )
-        .await
+        .await;
+        self.held.remove(&self.payload);
+        returned
     }
 }
 
@@ -449,5 +548,29 @@ impl Publisher<()> for RedisPublisher {
         let mut conn = self.conn.clone();
         let _: usize = conn.rpush(record.topic, &record.body[..]).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unclaimed_is_what_the_list_holds_beyond_the_held_copies() {
+        let held = Held::default();
+        let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+        held.add(&a);
+        held.add(&b);
+        held.add(&b);
+        held.remove(&b);
+        let list = vec![a.clone(), b.clone(), b.clone(), Bytes::from_static(b"c")];
+        assert_eq!(
+            held.unclaimed(list),
+            vec![b.clone(), Bytes::from_static(b"c")]
+        );
+        // Settled and gone from the list: nothing unclaimed, nothing negative.
+        held.remove(&a);
+        held.remove(&a);
+        assert_eq!(held.unclaimed(vec![b.clone()]), Vec::<Bytes>::new());
     }
 }

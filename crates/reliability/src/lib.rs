@@ -201,3 +201,148 @@ impl Collector {
         }
     }
 }
+
+/// A certificate and its key (PEM file paths) for a broker server that only speaks TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerTls<'a> {
+    /// The server's certificate chain.
+    pub cert: &'a str,
+    /// Its private key.
+    pub key: &'a str,
+}
+
+/// A Redis or NATS server of the test's own on a free port, with its data on disk (Redis: an
+/// fsync'd append-only file; NATS: JetStream's store) so that it can be stopped and started
+/// again with nothing lost. Killed, and its data removed, when dropped.
+#[derive(Debug)]
+pub struct OwnServer {
+    program: &'static str,
+    args: Vec<String>,
+    port: u16,
+    child: Option<std::process::Child>,
+    dir: std::path::PathBuf,
+}
+
+impl OwnServer {
+    /// `redis-server`, plain or (with `tls`) TLS only.
+    pub fn redis(tls: Option<ServerTls<'_>>) -> Self {
+        let port = connector_core::testkit::free_port();
+        let dir = std::env::temp_dir().join(connector_core::testkit::unique("redis-server"));
+        let mut args: Vec<String> = ["--bind", "127.0.0.1", "--dir", &dir.to_string_lossy()]
+            .into_iter()
+            .chain([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .map(str::to_owned)
+            .collect();
+        match tls {
+            None => args.extend(["--port".to_owned(), port.to_string()]),
+            Some(t) => args.extend(
+                [
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--tls-cert-file",
+                    t.cert,
+                    "--tls-key-file",
+                    t.key,
+                    "--tls-auth-clients",
+                    "no",
+                ]
+                .map(str::to_owned),
+            ),
+        }
+        Self::start("redis-server", args, port, dir)
+    }
+
+    /// `nats-server` with JetStream, plain or (with `tls`) TLS only.
+    pub fn nats(tls: Option<ServerTls<'_>>) -> Self {
+        let port = connector_core::testkit::free_port();
+        let dir = std::env::temp_dir().join(connector_core::testkit::unique("nats-server"));
+        let mut args: Vec<String> = [
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-sd",
+            &dir.to_string_lossy(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if let Some(t) = tls {
+            args.extend(["--tls", "--tlscert", t.cert, "--tlskey", t.key].map(str::to_owned));
+        }
+        Self::start("nats-server", args, port, dir)
+    }
+
+    fn start(program: &'static str, args: Vec<String>, port: u16, dir: std::path::PathBuf) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Self {
+            program,
+            args,
+            port,
+            child: None,
+            dir,
+        };
+        s.up();
+        s
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server and returns once it accepts connections.
+    pub fn up(&mut self) {
+        let child = std::process::Command::new(self.program)
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); it is installed with the broker's Debian package",
+                    self.program
+                )
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // An external process gives no event for "listening": poll its port.
+        while std::net::TcpStream::connect(self.address()).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not start listening",
+                self.program
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server gracefully (SIGTERM: both flush their data) and waits for its exit.
+    pub fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -5,11 +5,9 @@
 //! run. Kafka's mock cluster and the shared RabbitMQ have no TLS listener here.
 
 use broker_fixtures::{Fixture, Kind};
-use connector_core::testkit::{Process, Reply, Sink, free_port, unique};
-use reliability::{Collector, binary, env};
+use connector_core::testkit::{Process, Reply, Sink, unique};
+use reliability::{Collector, OwnServer, ServerTls, binary, env};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A CA and a server certificate for 127.0.0.1 issued by it, as PEM files in a fresh directory.
 struct Pki {
@@ -52,91 +50,6 @@ impl Drop for Pki {
     }
 }
 
-/// A broker server of this test's that only speaks TLS; killed when dropped.
-struct TlsServer {
-    child: Child,
-    port: u16,
-}
-
-impl TlsServer {
-    fn start(kind: Kind, pki: &Pki) -> Self {
-        let port = free_port();
-        let (cert, key) = (pki.file("server.pem"), pki.file("server.key"));
-        let args: Vec<String> = match kind {
-            Kind::Nats => [
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-sd",
-                &pki.file("jetstream"),
-                "--tls",
-                "--tlscert",
-                &cert,
-                "--tlskey",
-                &key,
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-            Kind::Redis => [
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--tls-cert-file",
-                &cert,
-                "--tls-key-file",
-                &key,
-                "--tls-auth-clients",
-                "no",
-                "--save",
-                "",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-            _ => unreachable!("no TLS server for {kind:?}"),
-        };
-        let program = match kind {
-            Kind::Nats => "nats-server",
-            _ => "redis-server",
-        };
-        let child = Command::new(program)
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {program} ({e}); it is installed with the broker's Debian package"
-                )
-            });
-        // An external process gives no event for "listening": poll its port.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{program} did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port }
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Untrusted: refused, nothing consumed. With the CA in `ca_variable`: the message answered.
 /// With `skip_flag` (if the connector has one) and no CA: connected, with a warning.
 async fn refused_unless_trusted(
@@ -145,7 +58,15 @@ async fn refused_unless_trusted(
     skip_flag: Option<&'static str>,
 ) -> String {
     let pki = Pki::generate();
-    let server = TlsServer::start(kind, &pki);
+    let (cert, key) = (pki.file("server.pem"), pki.file("server.key"));
+    let tls = Some(ServerTls {
+        cert: &cert,
+        key: &key,
+    });
+    let server = match kind {
+        Kind::Nats => OwnServer::nats(tls),
+        _ => OwnServer::redis(tls),
+    };
     let mut fx = Fixture::start_tls(kind, &server.address(), &pki.ca())
         .await
         .unwrap_or_else(|e| panic!("{kind:?}: {e}"));

@@ -7,130 +7,10 @@
 //! binaries one after another). `RELIABILITY_KINDS` picks brokers.
 
 use broker_fixtures::{Fixture, Kind};
-use connector_core::testkit::{Process, Reply, Sink, free_port, unique};
-use reliability::{Collector, WAIT, binary, env, selected};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use connector_core::testkit::{Process, Reply, Sink};
+use reliability::{Collector, OwnServer, WAIT, binary, env, selected};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A broker server this test starts, stops and starts again on the same port and data.
-struct OwnServer {
-    program: &'static str,
-    args: Vec<String>,
-    port: u16,
-    child: Option<Child>,
-    dir: PathBuf,
-}
-
-impl OwnServer {
-    fn redis() -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(unique("redis-restart"));
-        let args = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            &dir.to_string_lossy(),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-        ];
-        Self::start(
-            "redis-server",
-            args.iter().map(|a| (*a).to_owned()).collect(),
-            port,
-            dir,
-        )
-    }
-
-    fn nats() -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(unique("nats-restart"));
-        let args = [
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-sd",
-            &dir.to_string_lossy(),
-        ];
-        Self::start(
-            "nats-server",
-            args.iter().map(|a| (*a).to_owned()).collect(),
-            port,
-            dir,
-        )
-    }
-
-    fn start(program: &'static str, args: Vec<String>, port: u16, dir: PathBuf) -> Self {
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut s = Self {
-            program,
-            args,
-            port,
-            child: None,
-            dir,
-        };
-        s.up();
-        s
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server and returns once it accepts connections.
-    fn up(&mut self) {
-        let child = Command::new(self.program)
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} ({e}); it is installed with the broker's Debian package",
-                    self.program
-                )
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // An external process gives no event for "listening": poll its port.
-        while std::net::TcpStream::connect(self.address()).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not start listening",
-                self.program
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops the server gracefully (SIGTERM: both flush their data) and waits for its exit.
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// `rabbitmqctl stop_app`, and `start_app` again however the test ends.
 struct RabbitStopped;
@@ -162,8 +42,8 @@ fn rabbitmqctl(command: &str) {
 
 async fn broker_restart(kind: Kind) -> String {
     let mut server = match kind {
-        Kind::Redis => Some(OwnServer::redis()),
-        Kind::Nats => Some(OwnServer::nats()),
+        Kind::Redis => Some(OwnServer::redis(None)),
+        Kind::Nats => Some(OwnServer::nats(None)),
         _ => None,
     };
     let address = server.as_ref().map(OwnServer::address);
