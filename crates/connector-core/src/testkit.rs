@@ -74,6 +74,10 @@ type Behaviour = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 
 struct State {
     requests: Mutex<Vec<Recorded>>,
+    /// Requests received, kept or not.
+    received: AtomicUsize,
+    /// Whether requests are kept (see [`Sink::forget_requests`]).
+    keep: std::sync::atomic::AtomicBool,
     behaviour: Mutex<Behaviour>,
     arrived: Notify,
     in_flight: AtomicUsize,
@@ -109,6 +113,8 @@ impl Sink {
         let addr = listener.local_addr().expect("bound address");
         let state = Arc::new(State {
             requests: Mutex::default(),
+            received: AtomicUsize::new(0),
+            keep: true.into(),
             behaviour: Mutex::new(Arc::new(|r: &Recorded| {
                 Reply::status(200).body(r.body.clone())
             })),
@@ -167,7 +173,12 @@ impl Sink {
 
     /// How many requests so far.
     pub fn count(&self) -> usize {
-        self.state.requests.lock().expect("lock").len()
+        self.state.received.load(Ordering::SeqCst)
+    }
+
+    /// From now on requests are counted but not kept: for runs of millions of messages.
+    pub fn forget_requests(&self) {
+        self.state.keep.store(false, Ordering::SeqCst);
     }
 
     /// The most requests that were being answered at the same time.
@@ -263,7 +274,10 @@ async fn handle(
     let reply = (st.behaviour.lock().expect("lock").clone())(&recorded);
     let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     st.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    st.requests.lock().expect("lock").push(recorded);
+    if st.keep.load(Ordering::SeqCst) {
+        st.requests.lock().expect("lock").push(recorded);
+    }
+    st.received.fetch_add(1, Ordering::SeqCst);
     st.arrived.notify_waiters();
     let mut gate = st.gate.subscribe();
     let _ = gate.wait_for(|open| *open).await;
