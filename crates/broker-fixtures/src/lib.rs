@@ -173,6 +173,18 @@ enum Publisher {
 }
 
 /// `Ok(v)`, or the broker's error with how to start it.
+/// An AMQP connection; with `ca` (PEM), `amqps` trusts that CA.
+async fn rabbitmq_connect(url: &str, ca: Option<String>) -> lapin::Result<lapin::Connection> {
+    lapin::DefaultConnectionBuilder::new()?
+        .with_uri_str(url.to_owned())
+        .with_tls_config(lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: ca,
+        })
+        .connect()
+        .await
+}
+
 fn reach<T, E: std::fmt::Display>(r: Result<T, E>, what: &str, how: &str) -> Result<T, Error> {
     r.map_err(|e| format!("{what}: {e}\n  start it with: {how}").into())
 }
@@ -184,18 +196,19 @@ impl Fixture {
         Self::start_at(kind, None).await
     }
 
-    /// Like [`Fixture::start`], with Redis or NATS at `address` (`127.0.0.1:PORT`) instead of
-    /// the standard port (a broker the caller runs, e.g. to restart it). The destinations are
+    /// Like [`Fixture::start`], with Redis, NATS or RabbitMQ at `address` (`127.0.0.1:PORT`)
+    /// instead of the standard port (a broker the caller runs, e.g. to restart it). The destinations are
     /// read across broker restarts.
     pub async fn start_at(kind: Kind, address: Option<&str>) -> Result<Self, Error> {
         Self::start_with(kind, address, None).await
     }
 
-    /// Like [`Fixture::start_at`], for a Redis or NATS server that requires TLS with a
-    /// certificate issued by the CA in PEM file `ca_file`. The environment turns TLS on
-    /// (`ENABLE_TLS`, `NATS_TLS`) but does not give the connector the CA: that is the caller's.
+    /// Like [`Fixture::start_at`], for a Redis, NATS or RabbitMQ server that requires TLS with
+    /// a certificate issued by the CA in PEM file `ca_file`. The environment turns TLS on
+    /// (`ENABLE_TLS`, `NATS_TLS`, an `amqps://` URI) but does not give the connector the CA:
+    /// that is the caller's.
     pub async fn start_tls(kind: Kind, address: &str, ca_file: &Path) -> Result<Self, Error> {
-        if !matches!(kind, Kind::Redis | Kind::Nats) {
+        if !matches!(kind, Kind::Redis | Kind::Nats | Kind::RabbitMq) {
             return Err(format!("{kind:?}: the fixture has no TLS").into());
         }
         Self::start_with(kind, Some(address), Some(ca_file)).await
@@ -399,10 +412,13 @@ impl Fixture {
                     format!("{base}-responses"),
                     format!("{base}-errors"),
                 ];
-                let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+                let address = address.unwrap_or("127.0.0.1:5672").to_owned();
+                let scheme = if tls.is_some() { "amqps" } else { "amqp" };
+                let url = format!("{scheme}://guest:guest@{address}/%2f");
+                let ca = tls.map(std::fs::read_to_string).transpose()?;
                 let conn = reach(
-                    lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await,
-                    "RabbitMQ is not reachable at 127.0.0.1:5672",
+                    rabbitmq_connect(&url, ca.clone()).await,
+                    &format!("RabbitMQ is not reachable at {address}"),
                     "rabbitmq-server -detached",
                 )?;
                 let channel = conn.create_channel().await?;
@@ -423,6 +439,7 @@ impl Fixture {
                 // The connection closes when its last handle goes: keep it for the whole run.
                 std::mem::forget(conn);
                 let queues = [names[1].clone(), names[2].clone()];
+                let reader_url = url.clone();
                 tokio::spawn(async move {
                     let consume = async |ch: &lapin::Channel, q: &str| {
                         let options = BasicConsumeOptions {
@@ -439,8 +456,7 @@ impl Fixture {
                     };
                     // Connects (again after a broker restart) and forwards both queues.
                     while !tx.is_closed() {
-                        let props = lapin::ConnectionProperties::default();
-                        if let Ok(conn) = lapin::Connection::connect(url, props).await
+                        if let Ok(conn) = rabbitmq_connect(&reader_url, ca.clone()).await
                             && let Ok(ch) = conn.create_channel().await
                             && let Ok(responses) = consume(&ch, &queues[0]).await
                             && let Ok(errors) = consume(&ch, &queues[1]).await
@@ -458,9 +474,9 @@ impl Fixture {
                     }
                 });
                 Ok(Self {
-                    description: format!("RabbitMQ at 127.0.0.1:5672, queue {}", names[0]),
+                    description: format!("RabbitMQ at {address}, queue {}", names[0]),
                     env: vec![
-                        ("HOST", url.into()),
+                        ("HOST", url),
                         ("TOPIC", names[0].clone()),
                         ("RESPONSE_TOPIC", names[1].clone()),
                         ("ERROR_TOPIC", names[2].clone()),

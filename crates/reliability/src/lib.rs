@@ -211,13 +211,18 @@ pub struct ServerTls<'a> {
     pub key: &'a str,
 }
 
-/// A Redis or NATS server of the test's own on a free port, with its data on disk (Redis: an
-/// fsync'd append-only file; NATS: JetStream's store) so that it can be stopped and started
-/// again with nothing lost. Killed, and its data removed, when dropped.
+/// A Redis, NATS or RabbitMQ server of the test's own on a free port, with its data on disk
+/// (Redis: an fsync'd append-only file; NATS: JetStream's store; RabbitMQ: its node directory)
+/// so that it can be stopped and started again with nothing lost. Stopped, and its data
+/// removed, when dropped.
 #[derive(Debug)]
 pub struct OwnServer {
     program: &'static str,
     args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    /// A RabbitMQ node's name: `rabbitmq-server` hands the node to another user's process,
+    /// so it is stopped through `rabbitmqctl` rather than by signalling the child.
+    node: Option<String>,
     port: u16,
     child: Option<std::process::Child>,
     dir: std::path::PathBuf,
@@ -282,11 +287,62 @@ impl OwnServer {
         Self::start("nats-server", args, port, dir)
     }
 
+    /// A RabbitMQ node of its own (`rabbitmq-server`, no plugins) listening for AMQP over TLS
+    /// only, guest/guest. Its node directory is world-writable because, started as root,
+    /// RabbitMQ runs as the `rabbitmq` user.
+    pub fn rabbitmq_tls(tls: ServerTls<'_>) -> Self {
+        let port = connector_core::testkit::free_port();
+        let name = connector_core::testkit::unique("rabbit");
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let config = dir.join("rabbitmq.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listeners.tcp = none\nlisteners.ssl.default = 127.0.0.1:{port}\n\
+                 ssl_options.certfile = {}\nssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+                tls.cert, tls.key
+            ),
+        )
+        .unwrap();
+        let node = format!("{name}@localhost");
+        let at = |sub: &str| dir.join(sub).to_string_lossy().into_owned();
+        let env = vec![
+            ("RABBITMQ_NODENAME", node.clone()),
+            ("RABBITMQ_CONFIG_FILE", at("rabbitmq.conf")),
+            ("RABBITMQ_MNESIA_BASE", at("mnesia")),
+            ("RABBITMQ_LOG_BASE", at("log")),
+            ("RABBITMQ_PID_FILE", at("pid")),
+            ("RABBITMQ_ENABLED_PLUGINS_FILE", at("enabled_plugins")),
+            ("RABBITMQ_ENABLED_PLUGINS", String::new()),
+            (
+                "RABBITMQ_DIST_PORT",
+                connector_core::testkit::free_port().to_string(),
+            ),
+        ];
+        let mut s = Self {
+            program: "rabbitmq-server",
+            args: Vec::new(),
+            env,
+            node: Some(node),
+            port,
+            child: None,
+            dir,
+        };
+        s.up();
+        s
+    }
+
     fn start(program: &'static str, args: Vec<String>, port: u16, dir: std::path::PathBuf) -> Self {
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = Self {
             program,
             args,
+            env: Vec::new(),
+            node: None,
             port,
             child: None,
             dir,
@@ -304,6 +360,7 @@ impl OwnServer {
     pub fn up(&mut self) {
         let child = std::process::Command::new(self.program)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -314,7 +371,7 @@ impl OwnServer {
                 )
             });
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         // An external process gives no event for "listening": poll its port.
         while std::net::TcpStream::connect(self.address()).is_err() {
             assert!(
@@ -326,8 +383,16 @@ impl OwnServer {
         }
     }
 
-    /// Stops the server gracefully (SIGTERM: both flush their data) and waits for its exit.
+    /// Stops the server gracefully (SIGTERM: Redis and NATS flush their data; RabbitMQ:
+    /// `rabbitmqctl stop`) and waits for its exit.
     pub fn down(&mut self) {
+        if let Some(node) = &self.node {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["-n", node, "stop"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
@@ -339,6 +404,9 @@ impl OwnServer {
 
 impl Drop for OwnServer {
     fn drop(&mut self) {
+        if self.node.is_some() {
+            self.down();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

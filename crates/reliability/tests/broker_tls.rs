@@ -1,8 +1,8 @@
 //! A broker whose certificate does not chain to a trusted CA is refused; given the CA, the
 //! connector connects and answers a message; the only way around verification is an explicit
-//! flag, which logs a warning. NATS (`NATS_CA_FILE`) and Redis (`SSL_CERT_FILE`, the CA bundle
-//! its TLS stack reads; `UNSAFE_SSL`) run as this test's own TLS servers with a CA generated per
-//! run. Kafka's mock cluster and the shared RabbitMQ have no TLS listener here.
+//! flag, which logs a warning. NATS (`NATS_CA_FILE`), Redis (`SSL_CERT_FILE`, the CA bundle
+//! its TLS stack reads; `UNSAFE_SSL`) and RabbitMQ (`SSL_CERT_FILE`; no skip flag) run as this
+//! test's own TLS servers with a CA generated per run. Kafka's mock cluster has no TLS.
 
 use broker_fixtures::{Fixture, Kind};
 use connector_core::testkit::{Process, Reply, Sink, unique};
@@ -65,6 +65,7 @@ async fn refused_unless_trusted(
     });
     let server = match kind {
         Kind::Nats => OwnServer::nats(tls),
+        Kind::RabbitMq => OwnServer::rabbitmq_tls(tls.expect("a certificate")),
         _ => OwnServer::redis(tls),
     };
     let mut fx = Fixture::start_tls(kind, &server.address(), &pki.ca())
@@ -138,6 +139,7 @@ async fn untrusted_broker_certificate_is_refused_unless_its_ca_is_given() {
     let lines = [
         refused_unless_trusted(Kind::Nats, "NATS_CA_FILE", None).await,
         refused_unless_trusted(Kind::Redis, "SSL_CERT_FILE", Some("UNSAFE_SSL")).await,
+        refused_unless_trusted(Kind::RabbitMq, "SSL_CERT_FILE", None).await,
     ];
     for line in lines {
         eprintln!("reliability: {line}");
