@@ -59,14 +59,14 @@ async fn refused_unless_trusted(
 ) -> String {
     let pki = Pki::generate();
     let (cert, key) = (pki.file("server.pem"), pki.file("server.key"));
-    let tls = Some(ServerTls {
+    let tls = ServerTls {
         cert: &cert,
         key: &key,
-    });
+    };
     let server = match kind {
-        Kind::Nats => OwnServer::nats(tls),
-        Kind::RabbitMq => OwnServer::rabbitmq_tls(tls.expect("a certificate")),
-        _ => OwnServer::redis(tls),
+        Kind::Nats => OwnServer::nats(Some(tls)),
+        Kind::RabbitMq => OwnServer::rabbitmq_tls(tls),
+        _ => OwnServer::redis(Some(tls)),
     };
     let mut fx = Fixture::start_tls(kind, &server.address(), &pki.ca())
         .await
