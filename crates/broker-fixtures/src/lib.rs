@@ -172,7 +172,6 @@ enum Publisher {
     PubSub(std::sync::Arc<PubSubEmulator>),
 }
 
-/// `Ok(v)`, or the broker's error with how to start it.
 /// An AMQP connection; with `ca` (PEM), `amqps` trusts that CA.
 async fn rabbitmq_connect(url: &str, ca: Option<String>) -> lapin::Result<lapin::Connection> {
     lapin::DefaultConnectionBuilder::new()?
@@ -185,6 +184,7 @@ async fn rabbitmq_connect(url: &str, ca: Option<String>) -> lapin::Result<lapin:
         .await
 }
 
+/// `Ok(v)`, or the broker's error with how to start it.
 fn reach<T, E: std::fmt::Display>(r: Result<T, E>, what: &str, how: &str) -> Result<T, Error> {
     r.map_err(|e| format!("{what}: {e}\n  start it with: {how}").into())
 }
@@ -197,8 +197,8 @@ impl Fixture {
     }
 
     /// Like [`Fixture::start`], with Redis, NATS or RabbitMQ at `address` (`127.0.0.1:PORT`)
-    /// instead of the standard port (a broker the caller runs, e.g. to restart it). The destinations are
-    /// read across broker restarts.
+    /// instead of the standard port (a broker the caller runs, e.g. to restart it). The
+    /// destinations are read across broker restarts.
     pub async fn start_at(kind: Kind, address: Option<&str>) -> Result<Self, Error> {
         Self::start_with(kind, address, None).await
     }

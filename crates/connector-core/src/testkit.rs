@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -77,7 +77,7 @@ struct State {
     /// Requests received, kept or not.
     received: AtomicUsize,
     /// Whether requests are kept (see [`Sink::forget_requests`]).
-    keep: std::sync::atomic::AtomicBool,
+    keep: AtomicBool,
     behaviour: Mutex<Behaviour>,
     arrived: Notify,
     in_flight: AtomicUsize,
@@ -441,7 +441,7 @@ impl crate::Source for MemorySource {
 pub struct MemoryPublisher {
     log: Arc<EventLog>,
     /// While `true`, every publish fails.
-    pub fail: std::sync::atomic::AtomicBool,
+    pub fail: AtomicBool,
 }
 
 impl MemoryPublisher {

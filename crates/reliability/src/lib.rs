@@ -297,9 +297,9 @@ impl OwnServer {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .unwrap();
-        let config = dir.join("rabbitmq.conf");
+        let at = |sub: &str| dir.join(sub).to_string_lossy().into_owned();
         std::fs::write(
-            &config,
+            at("rabbitmq.conf"),
             format!(
                 "listeners.tcp = none\nlisteners.ssl.default = 127.0.0.1:{port}\n\
                  ssl_options.certfile = {}\nssl_options.keyfile = {}\n\
@@ -309,7 +309,6 @@ impl OwnServer {
         )
         .unwrap();
         let node = format!("{name}@localhost");
-        let at = |sub: &str| dir.join(sub).to_string_lossy().into_owned();
         let env = vec![
             ("RABBITMQ_NODENAME", node.clone()),
             ("RABBITMQ_CONFIG_FILE", at("rabbitmq.conf")),
