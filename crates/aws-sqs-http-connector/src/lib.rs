@@ -260,7 +260,10 @@ async fn fetch(f: Fetcher, health: Arc<Health>) {
             .wait_time_seconds(f.wait_time)
             .set_visibility_timeout(f.request_visibility)
             .message_attribute_names("All")
-            .message_system_attribute_names(MessageSystemAttributeName::All)
+            // Only the FIFO group (the ordering lane): system attributes are not request
+            // headers in the original, and SenderId is an AWS principal the function has no
+            // business seeing.
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .send()
             .await;
         match received {
@@ -361,17 +364,10 @@ impl Source for SqsSource {
             keeper,
         } = received;
         let mut headers = Vec::new();
-        let mut group_id = None;
-        if let Some(attrs) = m.attributes() {
-            let mut system: Vec<_> = attrs.iter().collect();
-            system.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-            for (name, value) in system {
-                if *name == MessageSystemAttributeName::MessageGroupId {
-                    group_id = Some(value.clone());
-                }
-                headers.push((name.as_str().to_owned(), value.clone()));
-            }
-        }
+        let group_id = m
+            .attributes()
+            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+            .cloned();
         if let Some(attrs) = m.message_attributes() {
             let mut user: Vec<_> = attrs.iter().collect();
             user.sort_by(|a, b| a.0.cmp(b.0));

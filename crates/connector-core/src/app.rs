@@ -110,7 +110,7 @@ pub async fn run<C: Connector>(connector: C, settings: Settings) -> ExitCode {
         tracing::warn!("{warning}");
     }
     let options = connector.dispatch_options();
-    let admin_addr = settings.admin.addr;
+    let admin = settings.admin;
     let engine = Engine::new(
         settings,
         C::HEADERS,
@@ -125,7 +125,7 @@ pub async fn run<C: Connector>(connector: C, settings: Settings) -> ExitCode {
         );
     });
 
-    if let Some(addr) = admin_addr {
+    if let Some(addr) = admin.addr {
         match AdminServer::bind(addr).await {
             Ok(server) => {
                 tracing::info!(addr = %server.addr().unwrap_or(addr), "admin listener up");
@@ -135,9 +135,16 @@ pub async fn run<C: Connector>(connector: C, settings: Settings) -> ExitCode {
                     engine.shutdown().clone(),
                 ));
             }
-            Err(e) => {
+            Err(e) if admin.explicit => {
                 tracing::error!(addr = %addr, error = %e, "cannot listen on ADMIN_ADDR");
                 return ExitCode::from(EXIT_FAILURE);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    addr = %addr,
+                    error = %e,
+                    "the default admin port is not free; running without /metrics, /healthz and /readyz (set ADMIN_ADDR to choose a port, or to off)"
+                );
             }
         }
     }

@@ -13,8 +13,8 @@ pub use config::RabbitConfig;
 use connector_core::backoff::ReconnectBackoff;
 use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::{
-    Acknowledger, BoxError, ConnectError, Connector, Delivery, DispatchEnd, DispatchOptions,
-    Engine, Message, Outbound, Publisher, Source,
+    Acknowledger, BoxError, ConnectError, Connector, Delivery, Destination, DispatchEnd,
+    DispatchOptions, Engine, Message, Outbound, Publisher, Source,
 };
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -22,7 +22,9 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connect, Connection, ConnectionProperties, Consumer,
+};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -88,7 +90,12 @@ impl Session {
     async fn open(config: &RabbitConfig, engine: &Engine) -> Result<Self, ConnectError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("{} {}", RabbitConnector::NAME, config.queue).into());
-        let connection = Connection::connect(&config.uri, properties).await?;
+        let runtime = lapin::runtime::default_runtime()?;
+        let connection = config
+            .uri
+            .clone()
+            .connect_with_config(properties, config.tls.clone(), runtime)
+            .await?;
         let common = &engine.settings().common;
 
         // The original never declares queues; neither do we. But a queue that does not exist
@@ -292,10 +299,16 @@ struct RabbitPublisher {
 
 impl Publisher<AmqpMeta> for RabbitPublisher {
     async fn publish(&self, record: Outbound<'_, AmqpMeta>) -> Result<(), BoxError> {
-        // content_type = CONTENT_TYPE as in the original (consumers may rely on it); persistent,
-        // and the source's correlation-id/message-id/reply-to so replies can be matched.
+        // A response carries the body the function sent, so it carries the type the function
+        // gave it; CONTENT_TYPE (the original's choice for both) when the function gave none,
+        // and for error documents. Persistent, and the source's correlation-id/message-id/
+        // reply-to so replies can be matched.
+        let content_type = match record.destination {
+            Destination::Response => response_content_type(record.headers),
+            Destination::Error => None,
+        };
         let mut props = BasicProperties::default()
-            .with_content_type(self.content_type.clone())
+            .with_content_type(content_type.unwrap_or_else(|| self.content_type.clone()))
             .with_delivery_mode(2);
         if let Some(v) = &record.meta.correlation_id {
             props = props.with_correlation_id(v.clone());
@@ -312,6 +325,12 @@ impl Publisher<AmqpMeta> for RabbitPublisher {
         }
         confirm
     }
+}
+
+/// The function's `Content-Type`, when it sent one that fits an AMQP short string.
+fn response_content_type(headers: &http::HeaderMap) -> Option<ShortString> {
+    let value = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    (!value.is_empty() && value.len() <= 255).then(|| value.into())
 }
 
 impl RabbitPublisher {

@@ -181,12 +181,22 @@ async fn happy_path_responses_byte_equal_with_properties_and_headers() {
     let ch = broker().await;
     let q = Queues::new(&ch).await;
     let sink = Sink::start().await;
+    // Even messages get a typed answer, odd ones an untyped one (then CONTENT_TYPE applies).
     sink.respond(|r| {
         let mut body = b"re:".to_vec();
         body.extend_from_slice(&r.body);
-        Reply::status(200)
-            .header("Content-Type", "application/octet-stream")
-            .body(body)
+        let even = r.headers["x-trace"].to_str().unwrap()[1..]
+            .parse::<u32>()
+            .unwrap()
+            % 2
+            == 0;
+        let reply = Reply::status(200);
+        if even {
+            reply.header("Content-Type", "application/octet-stream")
+        } else {
+            reply
+        }
+        .body(body)
     });
     let n = 40;
     for i in 0..n {
@@ -220,9 +230,15 @@ async fn happy_path_responses_byte_equal_with_properties_and_headers() {
             .parse()
             .unwrap();
         let p = &d.properties;
+        // The response's type is the function's; CONTENT_TYPE when it sent none.
+        let expected = if i % 2 == 0 {
+            "application/octet-stream"
+        } else {
+            "application/json"
+        };
         assert_eq!(
             p.content_type().as_ref().map(|s| s.as_str()),
-            Some("application/json")
+            Some(expected)
         );
         assert_eq!(*p.delivery_mode(), Some(2), "persistent");
         assert_eq!(
@@ -721,4 +737,33 @@ async fn unwritable_response_requeues_instead_of_losing_the_message() {
         1,
         "the message is back in its queue, not acked away"
     );
+}
+
+/// The original binds no port, so a pod where something else already holds 8080 (a sidecar,
+/// host networking, two connectors in one pod) must keep working after the swap: with
+/// `ADMIN_ADDR` unset a taken default port costs the admin endpoints, not the connector. An
+/// address the user chose is served or the start fails.
+#[tokio::test]
+async fn taken_default_admin_port_is_not_fatal_but_a_chosen_one_is() {
+    // Whoever holds 0.0.0.0:8080 — this test or something else on the machine — it is taken.
+    let _held = std::net::TcpListener::bind("0.0.0.0:8080");
+    assert!(
+        std::net::TcpListener::bind("0.0.0.0:8080").is_err(),
+        "port 8080 should be taken now"
+    );
+    let ch = broker().await;
+    let q = Queues::new(&ch).await;
+    let sink = Sink::start().await;
+    sink.respond(|r| Reply::status(200).body(r.body.clone()));
+    q.publish(b"while 8080 is taken", BasicProperties::default())
+        .await;
+    // ADMIN_ADDR set to the empty string counts as unset (Process would otherwise add `off`).
+    let mut proc = Process::start(BIN, &env(&q, &sink, &[("ADMIN_ADDR", "")]));
+    proc.wait_log("the default admin port is not free", 1).await;
+    let got = q.take(&q.response, 1, WAIT).await;
+    assert_eq!(&got[0].data[..], b"while 8080 is taken");
+    proc.stop().await;
+
+    let mut chosen = Process::start(BIN, &env(&q, &sink, &[("ADMIN_ADDR", "0.0.0.0:8080")]));
+    chosen.expect_exit(1, "cannot listen on ADMIN_ADDR").await;
 }

@@ -152,6 +152,10 @@ pub struct DispatchSettings {
 pub struct AdminSettings {
     /// The listen address.
     pub addr: Option<SocketAddr>,
+    /// Whether `ADMIN_ADDR` was set. The default port is a convenience the original never
+    /// had (it bound no port), so when it is taken the connector runs without the admin
+    /// endpoints; an address the user asked for must be served or the start fails.
+    pub explicit: bool,
 }
 
 /// `LOG_LEVEL`: minimum level of the JSON logs.
@@ -307,6 +311,7 @@ impl Settings {
         };
 
         let admin = AdminSettings {
+            explicit: vars.optional_trimmed("ADMIN_ADDR").is_some(),
             addr: match vars.optional_trimmed("ADMIN_ADDR") {
                 None => Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
                 Some(v) if v.eq_ignore_ascii_case("off") => None,
