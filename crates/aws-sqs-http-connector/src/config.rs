@@ -41,18 +41,21 @@ impl SqsConfig {
         let aws = AwsSettings::from_env(env)?;
         let common = &settings.common;
         let queue_url = vars.optional_trimmed("QUEUE_URL");
-        // The original's rule: strip a trailing TOPIC from QUEUE_URL, then resolve each *_TOPIC
-        // against what is left, so names become sibling queue URLs and full URLs stay as they
-        // are. Without QUEUE_URL, names are looked up at start.
-        let (source, base) = match &queue_url {
+        // The original's rule: strip a trailing TOPIC from QUEUE_URL, then resolve TOPIC,
+        // RESPONSE_TOPIC and ERROR_TOPIC against what is left (RFC 3986), so names become
+        // sibling queue URLs and full URLs stay as they are. The source is TOPIC so resolved,
+        // not QUEUE_URL itself: an account base such as `.../000000000000/` with TOPIC a queue
+        // name (the original's own test set-up) consumes that queue. Where TOPIC *is*
+        // QUEUE_URL, QUEUE_URL is the base (the original's empty base lost every output).
+        // Without QUEUE_URL, names are looked up at start.
+        let base = match &queue_url {
             Some(url) => {
                 let parsed = parse_http_url(url)
                     .ok_or_else(|| ConfigError::invalid("QUEUE_URL", QUEUE_URL_EXPECTED, url))?;
                 let base_text = url.strip_suffix(common.topic.as_str()).unwrap_or(url);
-                let base = url::Url::parse(base_text).unwrap_or_else(|_| parsed.clone());
-                (QueueRef::Url(parsed.to_string()), Some(base))
+                Some(url::Url::parse(base_text).unwrap_or(parsed))
             }
-            None => (queue_ref("TOPIC", &common.topic)?, None),
+            None => None,
         };
         let resolve = |var: &str, value: &str| match &base {
             Some(base) => base
@@ -63,6 +66,7 @@ impl SqsConfig {
                 .ok_or_else(|| ConfigError::invalid(var, "a queue name or a queue URL", value)),
             None => queue_ref(var, value),
         };
+        let source = resolve("TOPIC", &common.topic)?;
         let response = common
             .response_topic
             .as_deref()
@@ -177,10 +181,42 @@ mod tests {
             ("RESPONSE_TOPIC", "out.fifo"),
         ])
         .unwrap();
+        assert_eq!(c.source, url("http://localhost:4566/000000000000/in"));
         assert_eq!(
             c.response,
             Some(url("http://localhost:4566/000000000000/out.fifo"))
         );
+    }
+
+    /// The source queue each (QUEUE_URL, TOPIC) pair meant to the original: TOPIC resolved
+    /// against QUEUE_URL less a trailing TOPIC.
+    #[test]
+    fn the_source_is_topic_resolved_against_queue_url() {
+        let b = "http://127.0.0.1:4566/123456789012";
+        for (queue_url, topic, source) in [
+            (format!("{b}/in"), "in".to_owned(), format!("{b}/in")),
+            (format!("{b}/"), "in".to_owned(), format!("{b}/in")),
+            (format!("{b}/other"), "in".to_owned(), format!("{b}/in")),
+            (
+                format!("{b}/myqueue"),
+                "queue".to_owned(),
+                format!("{b}/queue"),
+            ),
+            (format!("{b}/a"), format!("{b}/b"), format!("{b}/b")),
+            (format!("{b}/in"), format!("{b}/in"), format!("{b}/in")),
+            (
+                b.to_owned(),
+                "in".to_owned(),
+                "http://127.0.0.1:4566/in".to_owned(),
+            ),
+        ] {
+            let c = parse(&[("TOPIC", &topic), ("QUEUE_URL", &queue_url)]).unwrap();
+            assert_eq!(
+                c.source,
+                url(&source),
+                "QUEUE_URL={queue_url} TOPIC={topic}"
+            );
+        }
     }
 
     #[test]

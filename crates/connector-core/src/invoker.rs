@@ -5,6 +5,7 @@
 
 use crate::config::{CommonConfig, HttpSettings, RetryOn};
 use crate::headers::HeaderSet;
+use crate::proxy::{ProxyConnector, ProxyKind};
 use crate::signing::{RequestSigner, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::telemetry::Metrics;
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -17,7 +18,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<hyper_rustls::HttpsConnector<ProxyConnector>, Full<Bytes>>;
 
 /// A 2xx answer from the endpoint.
 #[derive(Debug, Clone)]
@@ -67,6 +68,7 @@ enum Attempt {
 #[derive(Debug)]
 pub struct Invoker {
     client: HttpsClient,
+    proxy_auth: Option<HeaderValue>,
     endpoint: Uri,
     request_uri: String,
     attempts: u32,
@@ -110,11 +112,18 @@ impl Invoker {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
+        if let Some(proxy) = &settings.proxy {
+            tracing::info!(
+                proxy = %proxy.uri,
+                from = proxy.var,
+                "calls to HTTP_ENDPOINT go through a proxy"
+            );
+        }
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(ProxyConnector::new(http, settings.proxy.clone()));
         let client = Client::builder(TokioExecutor::new())
             // The original's Go client wrote canonical names (`Keda-Topic`); so do we.
             .http1_title_case_headers(true)
@@ -125,8 +134,17 @@ impl Invoker {
             .path_and_query()
             .map(|pq| pq.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
+        // A plain-http endpoint through an HTTP proxy: the proxy's credentials ride on every
+        // request (for https they go with the CONNECT).
+        let proxy_auth = settings
+            .proxy
+            .as_ref()
+            .filter(|p| p.kind == ProxyKind::Http)
+            .filter(|_| common.endpoint_uri.scheme_str() != Some("https"))
+            .and_then(crate::proxy::Proxy::basic_auth);
         Self {
             client,
+            proxy_auth,
             endpoint: common.endpoint_uri.clone(),
             request_uri,
             attempts: common.attempts(),
@@ -245,6 +263,9 @@ impl Invoker {
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         // hyper omits `Content-Length: 0` on an empty POST; Go sent it and some servers insist.
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(payload.len()));
+        if let Some(auth) = &self.proxy_auth {
+            h.insert(header::PROXY_AUTHORIZATION, auth.clone());
+        }
         if let Some(signer) = &self.signer {
             let (ts, sig) = signer.header_values("POST", &self.request_uri, payload);
             h.insert(TIMESTAMP_HEADER, ts);

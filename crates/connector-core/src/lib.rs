@@ -169,6 +169,7 @@ pub mod engine;
 pub mod error_doc;
 pub mod headers;
 pub mod invoker;
+pub mod proxy;
 #[cfg(feature = "scaler")]
 pub mod scaler;
 pub mod signing;

@@ -11,6 +11,14 @@
 //!   reads; the same for the environment Fission builds from the MessageQueueTrigger;
 //! - image names, probes, the admin port, the grace period and the security context agree
 //!   with the connector and the image;
+//! - no Deployment scaled by KEDA sets `spec.replicas` (a re-apply would fight the autoscaler);
+//! - every MessageQueueTrigger's `podspec` gives Fission's container (named after the trigger)
+//!   what `connector.yaml` gives the connector, within what the Fission version takes:
+//!   `<broker>/mqtrigger.yaml` is for Fission 1.24 and later, whose admission webhook refuses
+//!   any podspec field but nodeSelector, tolerations, affinity, runtimeClassName and
+//!   containers[].resources (so: the resources); the triggers in `fission/` (besides
+//!   `values.yaml`) are for Fission up to 1.23, which merges a whole PodSpec (so: probes on the
+//!   admin port, resources, security contexts, grace period); each podspec is a valid PodSpec;
 //! - `examples/fission/values.yaml` swaps every Fission connector image we ship;
 //! - the GitHub workflows are valid workflows.
 
@@ -348,6 +356,9 @@ fn is_read(kind: &Kind, read: &BTreeSet<String>, name: &str) -> bool {
 /// Checks `connector.yaml`; returns the Deployment's name and its resolved environment.
 fn check_connector(kind: &Kind, docs: &[Doc]) -> (String, BTreeMap<String, String>) {
     let file = format!("{}/connector.yaml", kind.dir);
+    for d in docs.iter().filter(|d| d.kind() == "Deployment") {
+        no_replicas(d, &file);
+    }
     let deployment = one(docs, "Deployment", &file);
     let pod = &deployment.value["spec"]["template"]["spec"];
     let containers = pod["containers"].as_array().expect("containers");
@@ -448,6 +459,17 @@ fn check_connector(kind: &Kind, docs: &[Doc]) -> (String, BTreeMap<String, Strin
     (deployment.name().to_owned(), vars)
 }
 
+/// KEDA owns the replica count of the Deployment it scales: a `spec.replicas` in the manifest
+/// would reset it on every re-apply (down to zero, or up from zero) until KEDA's next poll.
+fn no_replicas(deployment: &Doc, file: &str) {
+    assert!(
+        deployment.value["spec"].get("replicas").is_none(),
+        "{file}: Deployment {} sets spec.replicas, but KEDA owns the replica count: a re-apply \
+         would fight the autoscaler",
+        deployment.name()
+    );
+}
+
 /// Checks `scaledobject.yaml` against the Deployment and its Secrets.
 fn check_scaledobject(
     kind: &Kind,
@@ -513,10 +535,41 @@ fn check_source(kind: &Kind, metadata: &Value, env: &BTreeMap<String, String>, f
     );
 }
 
-/// Checks `mqtrigger.yaml`: the environment Fission builds from it is accepted by the
-/// connector. Returns the KEDA objects Fission would create, for schema validation.
-fn check_mqtrigger(kind: &Kind, docs: &[Doc]) -> Vec<Doc> {
-    let file = format!("{}/mqtrigger.yaml", kind.dir);
+/// Which Fission a MessageQueueTrigger is written for: what it takes from `spec.podspec`.
+#[derive(Clone, Copy)]
+enum Fission {
+    /// 1.24 and later (`pkg/executor/util/merge_allowlist.go`): only [`FISSION_POD_FIELDS`] and,
+    /// in the container named after the trigger, [`FISSION_CONTAINER_FIELDS`]; the admission
+    /// webhook refuses a trigger with any other field.
+    AllowList,
+    /// Up to 1.23 (`MergePodSpec`): the whole PodSpec, containers merged by name.
+    WholePodSpec,
+}
+
+const FISSION_POD_FIELDS: &[&str] = &[
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "runtimeClassName",
+    "containers",
+];
+const FISSION_CONTAINER_FIELDS: &[&str] = &["name", "resources"];
+
+/// What the connector gets where Fission does not set it (Kubernetes' default).
+const DEFAULT_GRACE_SECONDS: u64 = 30;
+
+/// Checks `mqtrigger.yaml` (or a trigger in `fission/`): the environment Fission builds from it
+/// is accepted by the connector, and its `podspec` gives the connector what `connector.yaml`
+/// (`connector`) does, as far as `fission` takes it. Returns the KEDA objects Fission would
+/// create, for schema validation.
+fn check_mqtrigger(
+    kind: &Kind,
+    docs: &[Doc],
+    file: &str,
+    connector: &[Doc],
+    fission: Fission,
+) -> Vec<Doc> {
+    let file = file.to_owned();
     let mqt = one(docs, "MessageQueueTrigger", &file);
     let spec = &mqt.value["spec"];
     assert_eq!(
@@ -567,11 +620,12 @@ fn check_mqtrigger(kind: &Kind, docs: &[Doc]) -> Vec<Doc> {
             auth_params.push(json!({"parameter": k, "name": secret, "key": k}));
         }
     }
-    let (_, read) = parse_env(
+    let (settings, read) = parse_env(
         kind,
         vars.clone(),
         &format!("{file} (as Fission deploys it)"),
     );
+    check_podspec(mqt, &settings, connector, &file, fission);
     // Metadata is shared with KEDA, so unread variables are expected here; secrets are not:
     // a key neither side uses is a credential copied into the pod for nothing.
     check_source(kind, &spec["metadata"], &vars, &file);
@@ -618,6 +672,120 @@ fn check_mqtrigger(kind: &Kind, docs: &[Doc]) -> Vec<Doc> {
         );
     }
     objects
+}
+
+/// `spec.podspec` of trigger `mqt` against the Deployment of the same broker's `connector.yaml`;
+/// `settings` is what the connector makes of the environment Fission gives it.
+fn check_podspec(mqt: &Doc, settings: &Settings, connector: &[Doc], file: &str, fission: Fission) {
+    let name = mqt.name();
+    let ps = &mqt.value["spec"]["podspec"];
+    assert!(
+        ps.is_object(),
+        "{file}: spec.podspec, so that Fission's Deployment gets what connector.yaml gives"
+    );
+    let deployment = one(connector, "Deployment", "connector.yaml");
+    let pod = &deployment.value["spec"]["template"]["spec"];
+    let want = &pod["containers"][0];
+    let containers = ps["containers"].as_array().expect("podspec containers");
+    assert_eq!(
+        containers.len(),
+        1,
+        "{file}: podspec: one container, Fission's"
+    );
+    let c = &containers[0];
+    assert_eq!(
+        c["name"].as_str(),
+        Some(name),
+        "{file}: the podspec container must be named after the trigger, as Fission names its \
+         container (another name adds a container, or is ignored)"
+    );
+    assert_eq!(
+        c["resources"], want["resources"],
+        "{file}: podspec resources = connector.yaml's"
+    );
+    let drain = settings.dispatch.drain_timeout.as_secs();
+    match fission {
+        Fission::AllowList => {
+            for k in ps.as_object().unwrap().keys() {
+                assert!(
+                    FISSION_POD_FIELDS.contains(&k.as_str()),
+                    "{file}: podspec.{k}: Fission 1.24 and later refuse the trigger (allowlist: \
+                     {FISSION_POD_FIELDS:?}, containers[]: {FISSION_CONTAINER_FIELDS:?})"
+                );
+            }
+            for k in c.as_object().unwrap().keys() {
+                assert!(
+                    FISSION_CONTAINER_FIELDS.contains(&k.as_str()),
+                    "{file}: podspec.containers[].{k}: Fission 1.24 and later refuse the \
+                     trigger (containers[] allowlist: {FISSION_CONTAINER_FIELDS:?})"
+                );
+            }
+            assert!(
+                DEFAULT_GRACE_SECONDS >= drain + 5,
+                "{file}: Fission's pod keeps the default grace period ({DEFAULT_GRACE_SECONDS}s), \
+                 which leaves no time after DRAIN_TIMEOUT ({drain}s)"
+            );
+        }
+        Fission::WholePodSpec => {
+            for k in ["image", "command", "args", "env", "envFrom"] {
+                assert!(
+                    c.get(k).is_none(),
+                    "{file}: podspec.containers[].{k}: Fission sets it (from its Helm values and the trigger)"
+                );
+            }
+            let admin = settings
+                .admin
+                .addr
+                .expect("ADMIN_ADDR on under Fission")
+                .port();
+            for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+                let get = &c[probe]["httpGet"];
+                assert_eq!(get["path"].as_str(), Some(path), "{file}: {probe} path");
+                let port = match &get["port"] {
+                    Value::String(named) => {
+                        let mut ports = c["ports"].as_array().into_iter().flatten();
+                        let found = ports.find(|p| p["name"] == *named);
+                        found.and_then(|p| p["containerPort"].as_u64())
+                    }
+                    number => number.as_u64(),
+                };
+                assert_eq!(
+                    port,
+                    Some(u64::from(admin)),
+                    "{file}: {probe} on the admin port (ADMIN_ADDR as Fission sets it)"
+                );
+                assert_eq!(
+                    c[probe], want[probe],
+                    "{file}: podspec {probe} = connector.yaml's"
+                );
+            }
+            assert_eq!(
+                c["securityContext"], want["securityContext"],
+                "{file}: podspec container securityContext = connector.yaml's"
+            );
+            for k in [
+                "securityContext",
+                "terminationGracePeriodSeconds",
+                "automountServiceAccountToken",
+            ] {
+                if let Some(v) = pod.get(k) {
+                    assert_eq!(
+                        ps.get(k),
+                        Some(v),
+                        "{file}: podspec.{k} = connector.yaml's pod {k}"
+                    );
+                }
+            }
+            let grace = ps["terminationGracePeriodSeconds"]
+                .as_u64()
+                .unwrap_or(DEFAULT_GRACE_SECONDS);
+            assert!(
+                grace >= drain + 5,
+                "{file}: podspec terminationGracePeriodSeconds {grace} leaves no time after \
+                 DRAIN_TIMEOUT ({drain}s)"
+            );
+        }
+    }
 }
 
 /// Secret keys that are KEDA scaler parameters (Fission passes them to both).
@@ -730,6 +898,50 @@ fn validate_custom(docs: &[Doc]) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Every MessageQueueTrigger's `spec.podspec` is a valid PodSpec: validated offline against
+/// Kubernetes' schemas as the spec of a Pod (`kubernetes-validate --strict`: no unknown field).
+fn validate_podspecs(docs: &[Doc]) {
+    let dir = std::env::temp_dir().join(format!("examples-check-podspec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (i, d) in docs.iter().enumerate() {
+        if d.kind() != "MessageQueueTrigger" {
+            continue;
+        }
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": d.name()},
+            "spec": d.value["spec"]["podspec"],
+        });
+        let path = dir.join(format!("{i}-{}.json", d.name()));
+        std::fs::write(&path, serde_json::to_vec_pretty(&pod).unwrap()).unwrap();
+        files.push((path, d));
+    }
+    assert!(!files.is_empty(), "MessageQueueTriggers with a podspec");
+    let out = tool("kubernetes-validate")
+        .arg("--strict")
+        .args(files.iter().map(|(p, _)| p))
+        .output()
+        .unwrap();
+    let mut report = String::from_utf8_lossy(&out.stdout).into_owned();
+    report.push_str(&String::from_utf8_lossy(&out.stderr));
+    for (path, d) in &files {
+        report = report.replace(&path.display().to_string(), &d.file);
+    }
+    let invalid: Vec<&str> = files
+        .iter()
+        .filter(|(_, d)| !report.contains(&format!("{} passed for resource pod/", d.file)))
+        .map(|(_, d)| d.file.as_str())
+        .collect();
+    assert!(
+        out.status.success() && invalid.is_empty(),
+        "spec.podspec is not a valid PodSpec in {invalid:?}:\n{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The container of Deployment `name`, its environment (Secrets resolved) and its pod labels.
 fn container_env(docs: &[Doc], name: &str) -> (Value, BTreeMap<String, String>, Value) {
     let file = "custom-connector/deploy.yaml";
@@ -777,6 +989,12 @@ fn check_custom_connector(docs: &[Doc]) {
 
     let so = one(docs, "ScaledObject", file);
     let target = so.value["spec"]["scaleTargetRef"]["name"].as_str().unwrap();
+    for d in docs
+        .iter()
+        .filter(|d| d.kind() == "Deployment" && d.name() == target)
+    {
+        no_replicas(d, file);
+    }
     let (connector, env, _) = container_env(docs, target);
     let recording = RecordingEnv::new(env.clone());
     Settings::from_env(&recording).unwrap_or_else(|e| panic!("{file}: {target}: {e}"));
@@ -921,6 +1139,8 @@ fn examples_are_valid_and_match_the_connectors() {
 
     let mut all_docs = Vec::new();
     let mut manifest_files = Vec::new();
+    // connector.yaml and mqtrigger.yaml of each broker, for the triggers in fission/.
+    let mut by_dir = BTreeMap::new();
     for k in KINDS {
         let dir = base.join(k.dir);
         let load_one = |f: &str| {
@@ -933,14 +1153,83 @@ fn examples_are_valid_and_match_the_connectors() {
         let trigger = load_one("mqtrigger.yaml");
         let (deployment, env) = check_connector(k, &connector);
         check_scaledobject(k, &scaled, &connector, &deployment, &env);
-        all_docs.extend(check_mqtrigger(k, &trigger));
+        all_docs.extend(check_mqtrigger(
+            k,
+            &trigger,
+            &format!("{}/mqtrigger.yaml", k.dir),
+            &connector,
+            Fission::AllowList,
+        ));
         for f in ["connector.yaml", "scaledobject.yaml", "mqtrigger.yaml"] {
             manifest_files.push(dir.join(f));
         }
-        all_docs.extend(connector);
+        all_docs.extend(connector.iter().cloned());
         all_docs.extend(scaled);
-        all_docs.extend(trigger);
+        all_docs.extend(trigger.iter().cloned());
+        by_dir.insert(k.dir, (connector, trigger));
     }
+
+    // fission/: besides values.yaml, triggers for Fission up to 1.23, each the trigger of a
+    // broker's mqtrigger.yaml with a whole podspec.
+    let mut whole_podspec = 0;
+    let mut fission_files: Vec<PathBuf> = std::fs::read_dir(base.join("fission"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+                && !p.ends_with("fission/values.yaml")
+        })
+        .collect();
+    fission_files.sort();
+    for path in fission_files {
+        let docs = load(&path);
+        let file = docs
+            .first()
+            .unwrap_or_else(|| panic!("{} is empty", path.display()))
+            .file
+            .clone();
+        let mqt = one(&docs, "MessageQueueTrigger", &file);
+        let mqtype = &mqt.value["spec"]["messageQueueType"];
+        let k = KINDS
+            .iter()
+            .find(|k| *mqtype == k.mqtype)
+            .unwrap_or_else(|| panic!("{file}: no connector for messageQueueType {mqtype}"));
+        let (connector, trigger) = &by_dir[k.dir];
+        let without_podspec = |d: &Doc| {
+            let mut v = d.value.clone();
+            v["spec"].as_object_mut().unwrap().remove("podspec");
+            v
+        };
+        assert_eq!(
+            without_podspec(mqt),
+            without_podspec(one(trigger, "MessageQueueTrigger", &file)),
+            "{file}: the trigger of {}/mqtrigger.yaml; only the podspec differs",
+            k.dir
+        );
+        for d in docs.iter().filter(|d| d.kind() != "MessageQueueTrigger") {
+            assert!(
+                trigger.iter().any(|t| t.value == d.value),
+                "{file}: {} {} differs from {}/mqtrigger.yaml's",
+                d.kind(),
+                d.name(),
+                k.dir
+            );
+        }
+        all_docs.extend(check_mqtrigger(
+            k,
+            &docs,
+            &file,
+            connector,
+            Fission::WholePodSpec,
+        ));
+        manifest_files.push(path);
+        all_docs.extend(docs);
+        whole_podspec += 1;
+    }
+    assert!(
+        whole_podspec > 0,
+        "fission/: a trigger for Fission up to 1.23, whose podspec carries the probes"
+    );
     check_helm_values(&load(&base.join("fission/values.yaml")));
     let custom = base.join("custom-connector/deploy.yaml");
     let docs = load(&custom);
@@ -961,6 +1250,7 @@ fn examples_are_valid_and_match_the_connectors() {
 
     validate_core(&manifest_files, &all_docs);
     validate_custom(&all_docs);
+    validate_podspecs(&all_docs);
 }
 
 /// The GitHub workflows cannot run here; at least they must be valid workflows (check-jsonschema

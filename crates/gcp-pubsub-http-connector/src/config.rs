@@ -102,7 +102,14 @@ fn key_from(var: &str, value: &str) -> Result<Secret, ConfigError> {
 }
 
 fn credentials(vars: &Vars<'_>, env: &dyn Env) -> Result<Credentials, ConfigError> {
-    if let Some(host) = vars.optional_trimmed("PUBSUB_EMULATOR_HOST") {
+    if let Some(value) = vars.optional_trimmed("PUBSUB_EMULATOR_HOST") {
+        // Go's client hands the value to gRPC as a target, so `dns:///host:port` (and
+        // `passthrough:///`) worked there too.
+        let host = ["dns:///", "passthrough:///"]
+            .iter()
+            .find_map(|scheme| value.strip_prefix(scheme))
+            .unwrap_or(&value)
+            .to_owned();
         let valid = host.rsplit_once(':').is_some_and(|(h, port)| {
             !h.is_empty() && !h.contains(['/', ' ']) && port.parse::<u16>().is_ok_and(|p| p > 0)
         });
@@ -110,7 +117,7 @@ fn credentials(vars: &Vars<'_>, env: &dyn Env) -> Result<Credentials, ConfigErro
             return Err(ConfigError::invalid(
                 "PUBSUB_EMULATOR_HOST",
                 "host:port such as 127.0.0.1:8085",
-                &host,
+                &value,
             ));
         }
         return Ok(Credentials::Emulator(host));

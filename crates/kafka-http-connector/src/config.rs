@@ -93,8 +93,10 @@ impl KafkaConfig {
         if brokers.is_empty() {
             return Err(ConfigError::missing("BOOTSTRAP_SERVERS"));
         }
+        // Verbatim, as the original: a group name is an identity, and " grp" is not "grp" to
+        // the broker (trimming would join another group and lose the committed offsets).
         let group = vars
-            .optional_trimmed("CONSUMER_GROUP")
+            .optional("CONSUMER_GROUP")
             .ok_or_else(|| ConfigError::missing("CONSUMER_GROUP"))?;
         let offset_reset = vars.choice(
             "OFFSET_RESET_POLICY",
@@ -121,16 +123,11 @@ impl KafkaConfig {
                 return Err(ConfigError::missing("PASSWORD"));
             }
         }
-        let tls = vars.choice(
-            "TLS",
-            false,
-            &[
-                ("enable", true),
-                ("true", true),
-                ("disable", false),
-                ("false", false),
-            ],
-        )?;
+        // The original turned TLS on for exactly `enable` and left it off for anything else
+        // (`disable`, `disabled`, `no`, ...); `true` is KEDA's spelling of on and is on here.
+        let tls = vars
+            .optional_trimmed("TLS")
+            .is_some_and(|v| v.eq_ignore_ascii_case("enable") || v.eq_ignore_ascii_case("true"));
         let pem = |var: &str, secret: bool| -> Result<Option<String>, ConfigError> {
             match vars.optional_trimmed(var) {
                 None => Ok(None),
@@ -317,6 +314,14 @@ mod tests {
         assert_eq!(parse(&[("SASL", "none")]).unwrap().sasl, Sasl::None);
         assert!(!parse(&[("TLS", "disable")]).unwrap().tls);
         assert!(parse(&[("TLS", "true")]).unwrap().tls);
+        for off in ["disabled", "no", "off", "0", "yes please"] {
+            assert!(!parse(&[("TLS", off)]).unwrap().tls, "{off}");
+        }
+        assert_eq!(
+            parse(&[("CONSUMER_GROUP", " grp")]).unwrap().group,
+            " grp",
+            "the group name is used verbatim"
+        );
     }
 
     #[test]
@@ -332,7 +337,6 @@ mod tests {
             (vec![("SASL", "gssapi")], "SASL"),
             (vec![("SASL", "plaintext")], "USERNAME"),
             (vec![("SASL", "plaintext"), ("USERNAME", "u")], "PASSWORD"),
-            (vec![("TLS", "yes please")], "TLS"),
             (vec![("TLS", "enable"), ("CA", "not pem")], "CA"),
             (
                 vec![("TLS", "enable"), ("KEY", "-----BEGIN PRIVATE KEY-----")],

@@ -39,22 +39,11 @@ impl NatsConfig {
     /// Parses and validates.
     pub fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError> {
         let vars = Vars::new(env);
-        let servers = vars
-            .optional_trimmed("NATS_SERVER")
-            .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
-        for server in servers.split(',') {
-            if server.trim().parse::<async_nats::ServerAddr>().is_err() {
-                return Err(ConfigError::invalid_secret(
-                    "NATS_SERVER",
-                    "nats://host:port (or tls://), comma-separated for several",
-                ));
-            }
-        }
-        let consumer = vars.optional_trimmed("CONSUMER").ok_or_else(|| {
-            // The original fell back to an ephemeral consumer, which re-reads the whole stream
-            // on every start and is invisible to KEDA.
-            ConfigError::missing("CONSUMER")
-        })?;
+        let (servers, url_auth) = parse_servers(vars.optional_trimmed("NATS_SERVER").as_deref())?;
+        // Required by the original too (nats.go: "consumer name is required").
+        let consumer = vars
+            .optional_trimmed("CONSUMER")
+            .ok_or_else(|| ConfigError::missing("CONSUMER"))?;
         if consumer.contains(['.', '*', '>', ' ']) {
             return Err(ConfigError::invalid(
                 "CONSUMER",
@@ -62,19 +51,27 @@ impl NatsConfig {
                 &consumer,
             ));
         }
-        let ack_wait = vars.duration("ACKWAIT", Duration::from_secs(30))?;
-        if ack_wait < Duration::from_secs(1) {
-            return Err(ConfigError::invalid(
-                "ACKWAIT",
-                "a duration of at least 1s such as 30s or 2m",
-                &format!("{ack_wait:?}"),
-            ));
-        }
+        // `0` left the ack wait to the server (30 s) in the original; sub-second values were
+        // taken as given.
+        let ack_wait = match vars.duration("ACKWAIT", Duration::from_secs(30))? {
+            d if d.is_zero() => Duration::from_secs(30),
+            d => d,
+        };
         let user = vars.optional_trimmed("NATS_USERNAME");
         let password = vars.optional_trimmed("NATS_PASSWORD").map(Secret::new);
+        let mut token = vars.optional_trimmed("NATS_TOKEN").map(Secret::new);
         let user_password = match (user, password) {
             (Some(u), Some(p)) => Some((u, p)),
-            (None, None) => None,
+            // nats.go authenticated with what the server URL carries (the original's only way
+            // to authenticate); async-nats ignores it, so it is passed on explicitly.
+            (None, None) => match url_auth {
+                Some(UrlAuth::UserPassword(u, p)) => Some((u, p)),
+                Some(UrlAuth::Token(t)) => {
+                    token.get_or_insert(t);
+                    None
+                }
+                None => None,
+            },
             (Some(_), None) => return Err(ConfigError::missing("NATS_PASSWORD")),
             (None, Some(_)) => return Err(ConfigError::missing("NATS_USERNAME")),
         };
@@ -105,14 +102,14 @@ impl NatsConfig {
             }
         }
         Ok(Self {
-            servers: Secret::new(servers),
+            servers,
             consumer,
             stream: vars.optional_trimmed("STREAM"),
             subject: settings.common.topic.clone(),
             ack_wait,
             concurrent: vars.int_in_range("CONCURRENT", 1, 1, 10_000)? as usize,
             user_password,
-            token: vars.optional_trimmed("NATS_TOKEN").map(Secret::new),
+            token,
             nkey: match vars.optional_trimmed("NATS_NKEY") {
                 // Checked now, so a bad seed is a configuration error and not a failed connect
                 // loop; the message never shows the seed.
@@ -130,6 +127,61 @@ impl NatsConfig {
             client_cert,
         })
     }
+}
+
+/// Credentials carried by a server URL: `user:password@` or a lone `token@` (nats.go's reading).
+#[derive(Debug)]
+enum UrlAuth {
+    UserPassword(String, Secret),
+    Token(Secret),
+}
+
+/// `NATS_SERVER` as nats.go's `Connect` reads it: comma-separated URLs, each trimmed, empty
+/// entries skipped (none left = the default `nats://127.0.0.1:4222`), no scheme = `nats://`,
+/// `tcp://` = `nats://`; credentials from the first URL that has some.
+fn parse_servers(value: Option<&str>) -> Result<(Secret, Option<UrlAuth>), ConfigError> {
+    let bad = || {
+        ConfigError::invalid_secret(
+            "NATS_SERVER",
+            "nats://host:port (or tls://), comma-separated for several",
+        )
+    };
+    let mut servers = Vec::new();
+    let mut auth = None;
+    for entry in value.unwrap_or_default().split(',').map(str::trim) {
+        if entry.is_empty() {
+            continue;
+        }
+        let entry = match entry.get(..6) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("tcp://") => {
+                format!("nats://{}", &entry[6..])
+            }
+            _ => entry.to_owned(),
+        };
+        let addr = entry.parse::<async_nats::ServerAddr>().map_err(|_| bad())?;
+        if addr.is_websocket() {
+            return Err(bad());
+        }
+        if auth.is_none() && addr.has_user_pass() {
+            let url = addr.clone().into_inner();
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .map(|d| d.into_owned())
+                    .map_err(|_| bad())
+            };
+            let user = decode(url.username())?;
+            auth = Some(match url.password() {
+                Some(p) => UrlAuth::UserPassword(user, Secret::new(decode(p)?)),
+                None => UrlAuth::Token(Secret::new(user)),
+            });
+        }
+        servers.push(entry);
+    }
+    if servers.is_empty() {
+        servers.push("nats://127.0.0.1:4222".to_owned());
+    }
+    Ok((Secret::new(servers.join(",")), auth))
 }
 
 #[cfg(test)]
@@ -171,7 +223,8 @@ mod tests {
             (vec![("CONSUMER", "")], "CONSUMER"),
             (vec![("CONSUMER", "a.b")], "CONSUMER"),
             (vec![("ACKWAIT", "30")], "ACKWAIT"),
-            (vec![("ACKWAIT", "10ms")], "ACKWAIT"),
+            (vec![("ACKWAIT", "-1s")], "ACKWAIT"),
+            (vec![("NATS_SERVER", "ws://127.0.0.1:4222")], "NATS_SERVER"),
             (vec![("CONCURRENT", "0")], "CONCURRENT"),
             (vec![("NATS_SERVER", "::::")], "NATS_SERVER"),
             (vec![("NATS_USERNAME", "u")], "NATS_PASSWORD"),
@@ -183,5 +236,42 @@ mod tests {
         ] {
             assert_eq!(parse(&extra).unwrap_err().var(), var, "{extra:?}");
         }
+    }
+
+    /// NATS_SERVER forms as nats.go read them, and the credentials they carry.
+    #[test]
+    fn server_forms_as_the_original() {
+        for (value, servers) in [
+            (" nats://a:4222\n", "nats://a:4222"),
+            ("a:4222, b:4222", "a:4222,b:4222"),
+            ("nats://a:4222,", "nats://a:4222"),
+            (",", "nats://127.0.0.1:4222"),
+            ("TCP://a:4222", "nats://a:4222"),
+        ] {
+            let c = parse(&[("NATS_SERVER", value)]).unwrap();
+            assert_eq!(c.servers.expose(), servers, "{value:?}");
+        }
+        let c = parse(&[("NATS_SERVER", "nats://al%40ice:p%3Ass@a:4222")]).unwrap();
+        let (user, password) = c.user_password.clone().unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("al@ice", "p:ss"));
+        assert!(!format!("{c:?}").contains("p:ss"));
+        let c = parse(&[("NATS_SERVER", "nats://s3cret-token@a:4222")]).unwrap();
+        assert_eq!(c.token.unwrap().expose(), "s3cret-token");
+        // Variables given explicitly win over the URL.
+        let c = parse(&[
+            ("NATS_SERVER", "nats://x:y@a:4222"),
+            ("NATS_USERNAME", "u"),
+            ("NATS_PASSWORD", "p"),
+        ])
+        .unwrap();
+        assert_eq!(c.user_password.unwrap().0, "u");
+        assert_eq!(
+            parse(&[("ACKWAIT", "0")]).unwrap().ack_wait,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            parse(&[("ACKWAIT", "500ms")]).unwrap().ack_wait,
+            Duration::from_millis(500)
+        );
     }
 }

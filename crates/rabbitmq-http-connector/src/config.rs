@@ -39,7 +39,11 @@ impl RabbitConfig {
     /// Parses and validates; `settings` carries the already-parsed common variables.
     pub fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError> {
         let vars = Vars::new(env);
-        if vars.bool("INCLUDE_UNACKED", false)? {
+        // The original refused exactly `true` and ignored every other value.
+        if vars
+            .optional_trimmed("INCLUDE_UNACKED")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
             return Err(ConfigError::conflict(
                 "INCLUDE_UNACKED",
                 "only amqp protocol host is supported (true selects the KEDA scaler's HTTP API mode)",
@@ -54,7 +58,16 @@ impl RabbitConfig {
         // 14.2 -> 8.5 MB in `cargo xtask bench`). Larger messages simply span more frames.
         // A frame_max in HOST is kept.
         uri.query.frame_max.get_or_insert(FRAME_MAX);
-        let tls = files.load()?;
+        // amqp091-go proposes a 10 s heartbeat unless HOST names one; a dead peer is noticed
+        // as soon as with the original.
+        uri.query.heartbeat.get_or_insert(10);
+        // The TLS files only matter to amqps, as in the original (which never opened them for
+        // amqp://).
+        let tls = if uri.scheme == AMQPScheme::AMQPS {
+            files.load()?
+        } else {
+            OwnedTLSConfig::default()
+        };
         let concurrent = vars.int_in_range("CONCURRENT", 10, 1, i64::from(u16::MAX))? as u16;
         Ok(Self {
             uri,
@@ -95,13 +108,8 @@ impl TlsFiles {
                 pem: read("certfile", cert)?,
                 key: read("keyfile", key)?,
             }),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::conflict(
-                    "HOST",
-                    "its certfile and keyfile parameters go together (both or neither)",
-                ));
-            }
+            // Half a pair: the original sent no client certificate; neither do we.
+            _ => None,
         };
         Ok(OwnedTLSConfig {
             identity,
@@ -279,8 +287,8 @@ mod tests {
             "amqp://guest:s3cret@h/?heartbeat=x",
             "amqp://guest:s3cret@h:99999/",
             "amqp://guest:s3cret@h/a b",
-            "amqp://guest:s3cret@h/?certfile=/nonexistent&keyfile=/nonexistent",
-            "amqps://guest:s3cret@h/?certfile=/etc/hostname",
+            "amqps://guest:s3cret@h/?certfile=/nonexistent&keyfile=/nonexistent",
+            "amqps://guest:s3cret@h/?cacertfile=/nonexistent",
         ] {
             let e = parse(&[("HOST", bad)]).unwrap_err();
             assert_eq!(e.var(), "HOST", "{bad}");
@@ -338,5 +346,11 @@ mod tests {
         // A value from a Secret with a trailing newline is trimmed.
         assert_eq!(uri("amqp://u:p@rabbit:5672/\n").vhost, "/");
         assert!(parse(&[("HOST", "amqp://u:p@rabbit/?cacertfile=")]).is_ok());
+        // Files named for a plain amqp:// connection are never opened, as in the original.
+        assert!(parse(&[("HOST", "amqp://u:p@rabbit/?cacertfile=/nonexistent")]).is_ok());
+        for v in ["false", "1", "yes", "junk"] {
+            assert!(parse(&[("INCLUDE_UNACKED", v)]).is_ok(), "{v}");
+        }
+        assert_eq!(uri("amqp://u:p@rabbit/").query.heartbeat, Some(10));
     }
 }

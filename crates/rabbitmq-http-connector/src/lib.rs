@@ -91,11 +91,21 @@ impl Session {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("{} {}", RabbitConnector::NAME, config.queue).into());
         let runtime = lapin::runtime::default_runtime()?;
-        let connection = config
-            .uri
-            .clone()
-            .connect_with_config(properties, config.tls.clone(), runtime)
-            .await?;
+        // amqp091-go gives up on a connection attempt after `connection_timeout` (30 s unless
+        // HOST says otherwise); lapin has no limit of its own, and a listener that accepts
+        // but never speaks AMQP would hold the start forever.
+        let limit =
+            std::time::Duration::from_millis(config.uri.query.connection_timeout.unwrap_or(30_000));
+        let connecting =
+            config
+                .uri
+                .clone()
+                .connect_with_config(properties, config.tls.clone(), runtime);
+        let connection = tokio::time::timeout(limit, connecting)
+            .await
+            .map_err(|_| {
+                ConnectError::Retry(format!("no AMQP handshake within {limit:?}").into())
+            })??;
         let common = &engine.settings().common;
 
         // The original never declares queues; neither do we. But a queue that does not exist

@@ -26,9 +26,14 @@ impl RedisConfig {
             .ok_or_else(|| ConfigError::missing("ADDRESS"))?;
         // The original used PASSWORD_FROM_ENV's value as the password itself; keep that, and
         // also accept PASSWORD (what a Fission secret key `password` becomes).
-        let password = vars
-            .optional_trimmed("PASSWORD_FROM_ENV")
-            .or_else(|| vars.optional_trimmed("PASSWORD"));
+        // Only a line ending is dropped (a Secret made from a file); spaces may be part of a
+        // password, and the original sent them.
+        let password_var = |var: &str| {
+            vars.optional(var)
+                .map(|p| p.trim_end_matches(['\r', '\n']).to_owned())
+                .filter(|p| !p.is_empty())
+        };
+        let password = password_var("PASSWORD_FROM_ENV").or_else(|| password_var("PASSWORD"));
         let username = vars.optional_trimmed("USERNAME");
         let db = vars.int_in_range("DATABASE_INDEX", 0, 0, 1_000_000)?;
         let tls_flag = vars.bool("ENABLE_TLS", false)?;
@@ -53,12 +58,20 @@ impl RedisConfig {
             Some((h, d)) => (h, Some(d)),
             None => (rest, None),
         };
-        let port_ok = host
+        let Some((name, port)) = host
             .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-        if !port_ok {
+            .filter(|(_, p)| p.parse::<u16>().is_ok())
+        else {
             return Err(ConfigError::invalid_secret("ADDRESS", EXPECTED));
-        }
+        };
+        // Go's dialer reaches this machine for an empty or unspecified host (`:6379`,
+        // `0.0.0.0:6379`); the Redis client refuses both, so name the loopback address.
+        let name = match name {
+            "" | "0.0.0.0" => "127.0.0.1",
+            "[::]" => "[::1]",
+            other => other,
+        };
+        let host = format!("{name}:{port}");
         let db = match url_db.filter(|d| !d.is_empty()) {
             Some(d) if vars.optional_trimmed("DATABASE_INDEX").is_none() => d
                 .parse::<i64>()

@@ -68,7 +68,8 @@ const CASES: &[Case] = &[
         connector: "rabbitmq",
         check: check::<rabbitmq_http_connector::RabbitConnector>,
         base: &[("HOST", "amqp://app:S3CRET-rabbit-pw@127.0.0.1:5672/%2f")],
-        free_text: &[],
+        // Only `true` is refused, as in the original; every other value means the AMQP mode.
+        free_text: &["INCLUDE_UNACKED"],
     },
     Case {
         connector: "kafka",
@@ -86,6 +87,8 @@ const CASES: &[Case] = &[
             "PASSWORD",
             "KEY_PASSWORD",
             "MESSAGE_KEY_HEADER",
+            // `enable`/`true` turn TLS on; anything else is off, as in the original.
+            "TLS",
         ],
     },
     Case {

@@ -85,6 +85,9 @@ pub struct HttpSettings {
     /// `HTTP_TLS_INSECURE_SKIP_VERIFY`: accept any certificate from the endpoint. Off by
     /// default; a warning is logged at start when on.
     pub insecure_skip_verify: bool,
+    /// The proxy that carries calls to the endpoint (`HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY`,
+    /// Go's rules); `None` = direct.
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 impl std::fmt::Debug for HttpSettings {
@@ -99,6 +102,7 @@ impl std::fmt::Debug for HttpSettings {
             .field("auth_secret", &self.auth_secret)
             .field("ca_certs", &self.ca_certs.len())
             .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -290,6 +294,7 @@ impl Settings {
                 None => Vec::new(),
             },
             insecure_skip_verify: vars.bool("HTTP_TLS_INSECURE_SKIP_VERIFY", false)?,
+            proxy: crate::proxy::for_endpoint(env, &common.endpoint_uri, &mut warnings)?,
         };
         if http.insecure_skip_verify {
             if !http.ca_certs.is_empty() {

@@ -70,13 +70,15 @@ impl<'a> Vars<'a> {
         }
     }
 
-    /// A boolean: `true/false`, `1/0`, `yes/no`, `on/off`, any case, trimmed.
+    /// A boolean: `true/false`, `t/f`, `1/0`, `yes/no`, `on/off`, any case, trimmed.
     pub fn bool(&self, var: &str, default: bool) -> Result<bool, ConfigError> {
         match self.optional_trimmed(var) {
             None => Ok(default),
+            // Go's strconv.ParseBool forms (`t`, `F`, ...) as KEDA and the Go clients read
+            // them, plus yes/no and on/off.
             Some(v) => match v.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => Ok(true),
-                "false" | "0" | "no" | "off" => Ok(false),
+                "true" | "t" | "1" | "yes" | "on" => Ok(true),
+                "false" | "f" | "0" | "no" | "off" => Ok(false),
                 _ => Err(ConfigError::invalid(var, "true or false", &v)),
             },
         }
@@ -157,7 +159,8 @@ pub fn parse_go_int(s: &str) -> Option<i64> {
         return None;
     }
     let clean: String = digits.chars().filter(|&c| c != '_').collect();
-    if clean.is_empty() {
+    // One sign, before any prefix: `from_str_radix` would take a second `+` (`++1`, `0x+1`).
+    if clean.is_empty() || !clean.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return None;
     }
     let magnitude = u64::from_str_radix(&clean, radix).ok()?;
