@@ -69,6 +69,8 @@ enum Attempt {
 pub struct Invoker {
     client: HttpsClient,
     proxy_auth: Option<HeaderValue>,
+    /// `Authorization: Basic` from user information in `HTTP_ENDPOINT`, as Go's client sent it.
+    endpoint_auth: Option<HeaderValue>,
     endpoint: Uri,
     request_uri: String,
     attempts: u32,
@@ -129,11 +131,12 @@ impl Invoker {
             .http1_title_case_headers(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
-        let request_uri = common
-            .endpoint_uri
-            .path_and_query()
-            .map(|pq| pq.as_str().to_owned())
-            .unwrap_or_else(|| "/".to_owned());
+        // What the router sees as the request URI: `/?a=b` for `http://h?a=b`.
+        let uri = &common.endpoint_uri;
+        let request_uri = match uri.query() {
+            Some(q) => format!("{}?{q}", uri.path()),
+            None => uri.path().to_owned(),
+        };
         // A plain-http endpoint through an HTTP proxy: the proxy's credentials ride on every
         // request (for https they go with the CONNECT).
         let proxy_auth = settings
@@ -145,6 +148,7 @@ impl Invoker {
         Self {
             client,
             proxy_auth,
+            endpoint_auth: endpoint_basic_auth(&common.endpoint_uri),
             endpoint: common.endpoint_uri.clone(),
             request_uri,
             attempts: common.attempts(),
@@ -266,6 +270,12 @@ impl Invoker {
         if let Some(auth) = &self.proxy_auth {
             h.insert(header::PROXY_AUTHORIZATION, auth.clone());
         }
+        // A message's own Authorization header wins, as in Go.
+        if let Some(auth) = &self.endpoint_auth
+            && !h.contains_key(header::AUTHORIZATION)
+        {
+            h.insert(header::AUTHORIZATION, auth.clone());
+        }
         if let Some(signer) = &self.signer {
             let (ts, sig) = signer.header_values("POST", &self.request_uri, payload);
             h.insert(TIMESTAMP_HEADER, ts);
@@ -309,6 +319,25 @@ impl Invoker {
             }
         }
     }
+}
+
+/// `Basic base64(user:password)` for an endpoint URL with user information (percent-decoded;
+/// `user:` without a password), the header Go's client added for such a URL.
+fn endpoint_basic_auth(uri: &Uri) -> Option<HeaderValue> {
+    use base64::Engine as _;
+    let authority = uri.authority()?.as_str();
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let credentials = format!("{}:{}", decode(user), decode(password));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// Go's client asked for gzip itself and decoded it transparently, dropping the encoding and

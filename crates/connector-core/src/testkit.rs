@@ -1173,3 +1173,127 @@ impl crate::Env for RecordingEnv {
         self.vars.keys().cloned().collect()
     }
 }
+
+/// What a [`ForwardProxy`] was asked to do on one client connection (its first request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxiedRequest {
+    /// `CONNECT` for a tunnel, else the forwarded request's method.
+    pub method: String,
+    /// The request target: `host:port` for `CONNECT`, the absolute URL otherwise.
+    pub target: String,
+    /// The `Proxy-Authorization` header, when sent.
+    pub authorization: Option<String>,
+}
+
+/// A forward HTTP proxy on 127.0.0.1 — absolute-form requests and `CONNECT` tunnels — for
+/// testing that calls go through a proxy. Whatever host a request names is reached at
+/// 127.0.0.1 on the named port, so tests can name endpoints that are not loopback (Go's rules,
+/// and ours, never proxy loopback) and still only ever reach this machine.
+#[derive(Debug)]
+pub struct ForwardProxy {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<ProxiedRequest>>>,
+}
+
+impl ForwardProxy {
+    /// Starts the proxy on an ephemeral port.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let seen: Arc<Mutex<Vec<ProxiedRequest>>> = Arc::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let _ = proxy_connection(client, record).await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    /// `host:port` of the proxy.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The first request of every connection made to the proxy so far.
+    pub fn seen(&self) -> Vec<ProxiedRequest> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+/// Serves one client connection: reads the first request head, opens the upstream connection
+/// and relays both ways from then on.
+async fn proxy_connection(
+    mut client: tokio::net::TcpStream,
+    record: Arc<Mutex<Vec<ProxiedRequest>>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte).await? == 0 || head.len() > 64 * 1024 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let (method, target, version) = (
+        first.next().unwrap_or_default().to_owned(),
+        first.next().unwrap_or_default().to_owned(),
+        first.next().unwrap_or("HTTP/1.1").to_owned(),
+    );
+    let headers: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+    let authorization = headers.iter().find_map(|h| {
+        let (name, value) = h.split_once(':')?;
+        name.eq_ignore_ascii_case("proxy-authorization")
+            .then(|| value.trim().to_owned())
+    });
+    record.lock().expect("lock").push(ProxiedRequest {
+        method: method.clone(),
+        target: target.clone(),
+        authorization,
+    });
+    let port_of = |authority: &str, default: u16| {
+        authority
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(default)
+    };
+    if method == "CONNECT" {
+        let mut upstream =
+            tokio::net::TcpStream::connect(("127.0.0.1", port_of(&target, 443))).await?;
+        client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        return Ok(());
+    }
+    let Some(rest) = target.strip_prefix("http://") else {
+        client
+            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+        return Ok(());
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut upstream =
+        tokio::net::TcpStream::connect(("127.0.0.1", port_of(authority, 80))).await?;
+    let mut forwarded = format!("{method} {path} {version}\r\n");
+    for h in headers {
+        if !h.to_ascii_lowercase().starts_with("proxy-") {
+            forwarded.push_str(h);
+            forwarded.push_str("\r\n");
+        }
+    }
+    forwarded.push_str("\r\n");
+    upstream.write_all(forwarded.as_bytes()).await?;
+    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    Ok(())
+}

@@ -365,3 +365,31 @@ async fn requests_are_signed_when_the_fission_secret_is_set() {
     );
     assert_eq!(r.headers["x-fission-auth-signature"], expected.as_str());
 }
+
+/// User information in `HTTP_ENDPOINT` is basic authentication, as Go's client sent it
+/// (percent-decoded, `user:` without a password); a message's own Authorization header wins.
+#[tokio::test]
+async fn endpoint_user_information_is_basic_authentication() {
+    use base64::Engine as _;
+    let sink = Sink::start().await;
+    let basic = |s: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
+    };
+    let port = sink.addr().port();
+    for (userinfo, expected) in [("fn%40x:s%3Acret", "fn@x:s:cret"), ("token", "token:")] {
+        let (inv, headers, _) = invoker(&format!("http://{userinfo}@127.0.0.1:{port}/f"), &[]);
+        inv.invoke(&Bytes::from_static(b"x"), &headers).await;
+        let last = sink.requests().pop().unwrap();
+        assert_eq!(last.headers["authorization"], basic(expected).as_str());
+        assert_eq!(last.path, "/f");
+    }
+    let (inv, mut headers, _) = invoker(&format!("http://u:p@127.0.0.1:{port}/f"), &[]);
+    headers.merge([("Authorization", "Bearer from-the-message")]);
+    inv.invoke(&Bytes::from_static(b"x"), &headers).await;
+    let last = sink.requests().pop().unwrap();
+    assert_eq!(last.headers.get_all("authorization").iter().count(), 1);
+    assert_eq!(last.headers["authorization"], "Bearer from-the-message");
+}

@@ -1,12 +1,18 @@
 //! TLS to the function endpoint against a real HTTPS server whose certificate comes from a CA
 //! the system does not know: rejected by default, accepted with `HTTP_CA_FILE`, and accepted
 //! unverified only with the explicit `HTTP_TLS_INSECURE_SKIP_VERIFY`, which warns.
+//!
+//! And the way there through a real forward proxy on loopback (`HTTP_PROXY`, `HTTPS_PROXY`),
+//! as the original's Go client went: absolute-form requests for http endpoints, a `CONNECT`
+//! tunnel for https ones (TLS end to end), the proxy's credentials sent, loopback direct.
 
+use base64::Engine as _;
 use bytes::Bytes;
+use connector_core::Settings;
 use connector_core::headers::{HeaderFamily, HeaderSet};
 use connector_core::invoker::{Invoker, Outcome};
 use connector_core::telemetry::Metrics;
-use connector_core::{Settings, testkit::unique};
+use connector_core::testkit::{ForwardProxy, ProxiedRequest, Reply, Sink, unique};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use std::path::PathBuf;
@@ -16,11 +22,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// An HTTPS server on 127.0.0.1 with a certificate from a fresh private CA.
 struct PrivateTls {
     url: String,
+    port: u16,
     ca_file: PathBuf,
     requests: Arc<AtomicUsize>,
 }
 
 async fn start() -> PrivateTls {
+    start_for(&["127.0.0.1", "localhost"]).await
+}
+
+/// Like [`start`], with a certificate for `names`.
+async fn start_for(names: &[&str]) -> PrivateTls {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -30,7 +42,7 @@ async fn start() -> PrivateTls {
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
             .unwrap();
     let cert = params.signed_by(&key, &ca).unwrap();
 
@@ -50,6 +62,7 @@ async fn start() -> PrivateTls {
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
     let url = format!(
         "https://{}/fission-function/secure",
         listener.local_addr().unwrap()
@@ -83,6 +96,7 @@ async fn start() -> PrivateTls {
     });
     PrivateTls {
         url,
+        port,
         ca_file,
         requests,
     }
@@ -202,4 +216,92 @@ fn bad_tls_settings_name_the_variable() {
     )
     .unwrap_err();
     assert_eq!(e.var(), "HTTP_TLS_INSECURE_SKIP_VERIFY", "{e}");
+}
+
+/// A plain-http endpoint through `HTTP_PROXY` (no scheme, credentials with an escaped `@`): the
+/// request goes to the proxy in absolute form with `Proxy-Authorization` on it.
+#[tokio::test]
+async fn http_endpoint_goes_through_http_proxy_with_its_credentials() {
+    let proxy = ForwardProxy::start().await;
+    let sink = Sink::start().await;
+    sink.respond(|r| Reply::status(200).body(r.body.clone()));
+    let endpoint = format!("http://function.test:{}/fn", sink.addr().port());
+    let proxy_var = format!("user:p%40ss@{}", proxy.addr());
+    let s = settings(
+        &endpoint,
+        &[
+            ("HTTP_PROXY", &proxy_var),
+            ("HTTPS_PROXY", "http://127.0.0.1:9"),
+        ],
+    )
+    .unwrap();
+    let Outcome::Success(r) = call(&s).await else {
+        panic!("the call through the proxy failed");
+    };
+    assert_eq!(&r.body[..], b"hello");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("user:p@ss")
+    );
+    assert_eq!(
+        proxy.seen(),
+        vec![ProxiedRequest {
+            method: "POST".into(),
+            target: endpoint,
+            authorization: Some(basic),
+        }]
+    );
+    let got = sink.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].path, "/fn", "the proxy forwarded it in origin form");
+    assert!(got[0].headers.get("proxy-authorization").is_none());
+}
+
+/// An https endpoint through `HTTPS_PROXY`: a `CONNECT` tunnel, then TLS with the endpoint
+/// itself (its certificate verified, for its own name).
+#[tokio::test]
+async fn https_endpoint_is_tunnelled_through_https_proxy() {
+    let proxy = ForwardProxy::start().await;
+    let tls = start_for(&["function.test"]).await;
+    let endpoint = format!("https://function.test:{}/fission-function/secure", tls.port);
+    let proxy_var = format!("http://{}", proxy.addr());
+    let ca = tls.ca_file.to_string_lossy().into_owned();
+    let s = settings(
+        &endpoint,
+        &[
+            ("HTTPS_PROXY", &proxy_var),
+            ("HTTP_PROXY", "http://127.0.0.1:9"),
+            ("HTTP_CA_FILE", &ca),
+        ],
+    )
+    .unwrap();
+    let Outcome::Success(r) = call(&s).await else {
+        panic!("the call through the tunnel failed");
+    };
+    assert_eq!(&r.body[..], b"secure ok");
+    assert_eq!(
+        proxy.seen(),
+        vec![ProxiedRequest {
+            method: "CONNECT".into(),
+            target: format!("function.test:{}", tls.port),
+            authorization: None,
+        }]
+    );
+    assert_eq!(tls.requests.load(Ordering::SeqCst), 1);
+}
+
+/// Go never proxies loopback endpoints, whatever the variables say; nor do we.
+#[tokio::test]
+async fn loopback_endpoints_are_not_proxied() {
+    let proxy = ForwardProxy::start().await;
+    let sink = Sink::start().await;
+    sink.respond(|r| Reply::status(200).body(r.body.clone()));
+    let proxy_var = format!("http://{}", proxy.addr());
+    for host in ["127.0.0.1", "localhost"] {
+        let endpoint = format!("http://{host}:{}/fn", sink.addr().port());
+        let s = settings(&endpoint, &[("HTTP_PROXY", &proxy_var)]).unwrap();
+        assert!(matches!(call(&s).await, Outcome::Success(_)), "{host}");
+    }
+    assert_eq!(sink.count(), 2);
+    assert!(proxy.seen().is_empty(), "{:?}", proxy.seen());
 }

@@ -350,8 +350,20 @@ fn parse_endpoint(raw: &str) -> Result<Uri, ConfigError> {
         }
     };
     let uri: Uri = raw.parse().map_err(|_| bad())?;
+    // `http::Uri` takes any text after the host's colon and then has no port, so the call
+    // would silently go to port 80; Go refused such a URL (every message failed).
+    let host_port = uri
+        .authority()
+        .map(|a| a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, h)| h))
+        .unwrap_or_default();
+    let after_host = host_port
+        .rsplit_once(']')
+        .map_or(host_port, |(_, rest)| rest);
+    let bad_port = after_host
+        .split_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.parse::<u16>().is_err());
     match uri.scheme_str() {
-        Some("http") | Some("https") if uri.authority().is_some() => Ok(uri),
+        Some("http") | Some("https") if uri.authority().is_some() && !bad_port => Ok(uri),
         _ => Err(bad()),
     }
 }
@@ -432,6 +444,27 @@ mod tests {
         assert_eq!(e.var(), "HTTP_ENDPOINT");
         let e = Settings::from_env(&with(&[("HTTP_ENDPOINT", "ftp://u:hunter2@h/x")])).unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+        // A port that is no port would otherwise mean port 80.
+        for bad in [
+            "http://h:abc/fn",
+            "http://h:99999/fn",
+            "http://u:p@[::1]:x/",
+        ] {
+            let e = Settings::from_env(&with(&[("HTTP_ENDPOINT", bad)])).unwrap_err();
+            assert_eq!(e.var(), "HTTP_ENDPOINT", "{bad}");
+        }
+        for good in [
+            "http://h:/fn",
+            "http://[::1]:8888/fn",
+            "HTTP://Router.Fission/fn",
+            "http://u:p@router:8888/fn",
+            "http://router-internal.fission:8889/fission-function/ns/fn:alias",
+        ] {
+            assert!(
+                Settings::from_env(&with(&[("HTTP_ENDPOINT", good)])).is_ok(),
+                "{good}"
+            );
+        }
     }
 
     #[test]
