@@ -23,7 +23,11 @@ impl AwsSettings {
     /// Reads and checks `AWS_REGION` and `AWS_ENDPOINT`.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let vars = Vars::new(env);
-        let region = vars.optional_trimmed("AWS_REGION");
+        // Go's SDK skips an empty AWS_REGION and takes AWS_DEFAULT_REGION; the Rust SDK would
+        // take the empty value as the region, so the fallback is made here.
+        let region = vars
+            .optional_trimmed("AWS_REGION")
+            .or_else(|| vars.optional_trimmed("AWS_DEFAULT_REGION"));
         if let Some(r) = &region
             && !r
                 .bytes()
@@ -64,7 +68,7 @@ impl AwsSettings {
             loader = loader.endpoint_url(endpoint);
         }
         let config = loader.load().await;
-        if config.region().is_none() {
+        if config.region().is_none_or(|r| r.as_ref().trim().is_empty()) {
             return Err("no AWS region: set AWS_REGION (or a region in the AWS profile)".into());
         }
         Ok(config)

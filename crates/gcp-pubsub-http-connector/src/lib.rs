@@ -69,6 +69,16 @@ impl Connector for PubSubConnector {
             if let Some(topic) = topic
                 && let Err(e) = admin.get_topic().set_topic(topic.clone()).send().await
             {
+                // The original only ever published, so an identity with the Publisher role
+                // alone (no pubsub.topics.get) must keep working: it cannot be checked, and
+                // the first publish will tell.
+                let denied = e.status().is_some_and(|s| {
+                    s.code == google_cloud_gax::error::rpc::Code::PermissionDenied
+                });
+                if denied {
+                    tracing::warn!(variable = var, topic = %topic, "cannot check that the topic exists (no pubsub.topics.get permission); publishing will tell");
+                    continue;
+                }
                 return Err(format!("{var}: cannot use topic {topic:?}: {e}").into());
             }
         }

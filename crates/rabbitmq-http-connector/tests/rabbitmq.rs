@@ -231,7 +231,7 @@ async fn happy_path_responses_byte_equal_with_properties_and_headers() {
             .unwrap();
         let p = &d.properties;
         // The response's type is the function's; CONTENT_TYPE when it sent none.
-        let expected = if i % 2 == 0 {
+        let expected = if i.is_multiple_of(2) {
             "application/octet-stream"
         } else {
             "application/json"

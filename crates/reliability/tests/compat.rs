@@ -420,6 +420,11 @@ async fn sqs_forms_the_original_accepts() {
                 "from a Secret, with a newline",
                 Expect::Delivers,
             ),
+            form(
+                &[("AWS_REGION", " "), ("AWS_DEFAULT_REGION", "us-east-1")],
+                "a blank AWS_REGION: AWS_DEFAULT_REGION",
+                Expect::Delivers,
+            ),
         ]
     })
     .await;
