@@ -132,11 +132,7 @@ impl Invoker {
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
         // What the router sees as the request URI: `/?a=b` for `http://h?a=b`.
-        let uri = &common.endpoint_uri;
-        let request_uri = match uri.query() {
-            Some(q) => format!("{}?{q}", uri.path()),
-            None => uri.path().to_owned(),
-        };
+        let request_uri = request_uri(&common.endpoint_uri);
         // A plain-http endpoint through an HTTP proxy: the proxy's credentials ride on every
         // request (for https they go with the CONNECT).
         let proxy_auth = settings
@@ -257,45 +253,88 @@ impl Invoker {
         }
     }
 
-    async fn attempt(&self, payload: &Bytes, headers: &HeaderMap) -> Attempt {
-        let mut req = Request::new(Full::new(payload.clone()));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.endpoint.clone();
+    /// One request for one hop of an attempt: `hop` 0 is the call to `HTTP_ENDPOINT`, later
+    /// ones follow redirects.
+    fn request(&self, hop: &Hop, headers: &HeaderMap) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(hop.body.clone()));
+        *req.method_mut() = hop.method.clone();
+        *req.uri_mut() = hop.uri.clone();
         let h = req.headers_mut();
         h.clone_from(headers);
+        if hop.cross_domain {
+            // Go drops credentials when a redirect leaves the endpoint's domain.
+            for name in [
+                header::AUTHORIZATION,
+                header::WWW_AUTHENTICATE,
+                header::COOKIE,
+            ] {
+                h.remove(name);
+            }
+            h.remove("cookie2");
+        }
         h.insert(header::USER_AGENT, self.user_agent.clone());
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-        // hyper omits `Content-Length: 0` on an empty POST; Go sent it and some servers insist.
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(payload.len()));
+        if hop.method == Method::POST {
+            // hyper omits `Content-Length: 0` on an empty POST; Go sent it and some servers
+            // insist.
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(hop.body.len()));
+        }
         if let Some(auth) = &self.proxy_auth {
             h.insert(header::PROXY_AUTHORIZATION, auth.clone());
         }
-        // A message's own Authorization header wins, as in Go.
-        if let Some(auth) = &self.endpoint_auth
+        // Credentials from the endpoint URL go with the first request only (Go added them to
+        // that request, not to the headers later hops copy); a message's own Authorization
+        // header wins.
+        if hop.number == 0
+            && let Some(auth) = &self.endpoint_auth
             && !h.contains_key(header::AUTHORIZATION)
         {
             h.insert(header::AUTHORIZATION, auth.clone());
         }
         if let Some(signer) = &self.signer {
-            let (ts, sig) = signer.header_values("POST", &self.request_uri, payload);
+            let request_uri = if hop.number == 0 {
+                self.request_uri.clone()
+            } else {
+                request_uri(&hop.uri)
+            };
+            let (ts, sig) = signer.header_values(hop.method.as_str(), &request_uri, &hop.body);
             h.insert(TIMESTAMP_HEADER, ts);
             h.insert(SIGNATURE_HEADER, sig);
         }
+        req
+    }
+
+    async fn attempt(&self, payload: &Bytes, headers: &HeaderMap) -> Attempt {
         let exchange = async {
-            let response = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            let (parts, body) = response.into_parts();
-            // Read every body to the end, success or not: a body left unread pins its
-            // connection (the original leaked one per failed attempt).
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| format!("reading response body: {}", error_chain(&e)))?
-                .to_bytes();
-            Ok::<_, String>((parts, body))
+            let mut hop = Hop {
+                number: 0,
+                method: Method::POST,
+                uri: self.endpoint.clone(),
+                body: payload.clone(),
+                cross_domain: false,
+            };
+            loop {
+                let response = self
+                    .client
+                    .request(self.request(&hop, headers))
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                let (parts, body) = response.into_parts();
+                // Read every body to the end, success or not: a body left unread pins its
+                // connection (the original leaked one per failed attempt).
+                let body = body
+                    .collect()
+                    .await
+                    .map_err(|e| format!("reading response body: {}", error_chain(&e)))?
+                    .to_bytes();
+                match hop.redirected(&parts, &self.endpoint) {
+                    Some(next) if next.number > MAX_REDIRECTS => {
+                        return Err(format!("stopped after {MAX_REDIRECTS} redirects"));
+                    }
+                    Some(next) => hop = next,
+                    None => return Ok::<_, String>((parts, body)),
+                }
+            }
         };
         let result = match self.settings.timeout {
             Some(limit) => match tokio::time::timeout(limit, exchange).await {
@@ -318,6 +357,80 @@ impl Invoker {
                 }
             }
         }
+    }
+}
+
+/// Redirects followed per attempt, as Go's client (`stopped after 10 redirects`).
+const MAX_REDIRECTS: u32 = 10;
+
+/// One request of an attempt.
+struct Hop {
+    number: u32,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+    cross_domain: bool,
+}
+
+impl Hop {
+    /// The next hop when `response` redirects, by Go's client rules: 307 and 308 repeat the
+    /// POST with its body; 301, 302 and 303 become a GET without one; no `Location`, no
+    /// redirect.
+    fn redirected(&self, response: &http::response::Parts, endpoint: &Uri) -> Option<Hop> {
+        let keep_body = match response.status.as_u16() {
+            307 | 308 => true,
+            301..=303 => false,
+            _ => return None,
+        };
+        let location = response.headers.get(header::LOCATION)?.to_str().ok()?;
+        let uri = resolve(&self.uri, location)?;
+        let (method, body) = if keep_body {
+            (self.method.clone(), self.body.clone())
+        } else {
+            (Method::GET, Bytes::new())
+        };
+        let cross_domain = !same_domain(endpoint.host()?, uri.host()?);
+        Some(Hop {
+            number: self.number + 1,
+            method,
+            uri,
+            body,
+            cross_domain,
+        })
+    }
+}
+
+/// `location` resolved against `base` (absolute, scheme-relative, absolute-path or relative).
+fn resolve(base: &Uri, location: &str) -> Option<Uri> {
+    if let Ok(uri) = location.parse::<Uri>()
+        && uri.scheme().is_some()
+    {
+        return Some(uri);
+    }
+    let scheme = base.scheme_str()?;
+    let authority = base.authority()?.as_str();
+    let target = if let Some(rest) = location.strip_prefix("//") {
+        format!("{scheme}://{rest}")
+    } else if location.starts_with('/') {
+        format!("{scheme}://{authority}{location}")
+    } else {
+        let dir = base.path().rsplit_once('/').map_or("", |(d, _)| d);
+        format!("{scheme}://{authority}{dir}/{location}")
+    };
+    target.parse().ok()
+}
+
+/// Go's rule for keeping credentials: the same host, or a subdomain of the original one.
+fn same_domain(original: &str, next: &str) -> bool {
+    let (original, next) = (original.to_ascii_lowercase(), next.to_ascii_lowercase());
+    next == original || next.ends_with(&format!(".{original}"))
+}
+
+/// The request URI of `uri` as a server sees it: path and query.
+fn request_uri(uri: &Uri) -> String {
+    match uri.query() {
+        Some(q) => format!("{}?{q}", uri.path()),
+        None => uri.path().to_owned(),
     }
 }
 

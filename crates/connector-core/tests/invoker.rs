@@ -393,3 +393,46 @@ async fn endpoint_user_information_is_basic_authentication() {
     assert_eq!(last.headers.get_all("authorization").iter().count(), 1);
     assert_eq!(last.headers["authorization"], "Bearer from-the-message");
 }
+
+/// Redirects are followed as Go's client followed them: 307/308 repeat the POST with its body,
+/// 301/302/303 turn into a GET without one, at most 10 per attempt.
+#[tokio::test]
+async fn redirects_are_followed_as_the_original_followed_them() {
+    let sink = Sink::start().await;
+    sink.respond(|r| match r.path.as_str() {
+        "/moved-temporarily" => Reply::status(307).header("Location", "/fn/"),
+        "/moved-permanently" => Reply::status(308).header("Location", "fn/"),
+        "/see-other" => Reply::status(303).header("Location", "/fn/"),
+        "/fn/" => Reply::status(200).body(r.body.clone()),
+        loop_path => {
+            let n: u32 = loop_path.trim_start_matches("/loop").parse().unwrap_or(0);
+            Reply::status(302).header("Location", &format!("/loop{}", n + 1))
+        }
+    });
+    for path in ["/moved-temporarily", "/moved-permanently"] {
+        let (inv, headers, _) = invoker(&sink.url(path), &[]);
+        let Outcome::Success(r) = inv.invoke(&Bytes::from_static(b"payload"), &headers).await
+        else {
+            panic!("{path}: not followed");
+        };
+        assert_eq!(&r.body[..], b"payload", "{path}: the body is sent again");
+    }
+    let (inv, headers, _) = invoker(&sink.url("/see-other"), &[]);
+    let Outcome::Success(r) = inv.invoke(&Bytes::from_static(b"payload"), &headers).await else {
+        panic!("303 not followed");
+    };
+    assert!(
+        r.body.is_empty(),
+        "a 303 is followed with a GET without the body"
+    );
+    let before = sink.count();
+    let (inv, headers, _) = invoker(&sink.url("/loop0"), &[("MAX_RETRIES", "0")]);
+    let f = failure(inv.invoke(&Bytes::from_static(b"x"), &headers).await);
+    assert_eq!(f.status, None);
+    assert!(f.last_error.unwrap_or_default().contains("10 redirects"));
+    assert_eq!(
+        sink.count() - before,
+        11,
+        "the first request and 10 redirects"
+    );
+}

@@ -59,8 +59,18 @@ const COMMON_FREE: &[&str] = &[
     "FISSION_INTERNAL_AUTH_SECRET",
     // Read by the AWS SDK or by us only to pass on; validated by the SDK.
     "AWS_REGION",
+    "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT",
     "HOSTNAME",
+    // Go's client ignores a proxy value it cannot use (a warning says so here), and NO_PROXY
+    // entries it cannot read match nothing; REQUEST_METHOD only counts when a proxy applies.
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "REQUEST_METHOD",
 ];
 
 const CASES: &[Case] = &[
