@@ -437,20 +437,8 @@ fn request_uri(uri: &Uri) -> String {
 /// `Basic base64(user:password)` for an endpoint URL with user information (percent-decoded;
 /// `user:` without a password), the header Go's client added for such a URL.
 fn endpoint_basic_auth(uri: &Uri) -> Option<HeaderValue> {
-    use base64::Engine as _;
-    let authority = uri.authority()?.as_str();
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-    let credentials = format!("{}:{}", decode(user), decode(password));
-    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
-    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
-    value.set_sensitive(true);
-    Some(value)
+    let (user, password) = crate::proxy::userinfo(uri.authority()?.as_str())?;
+    crate::proxy::basic_auth(&user, &password)
 }
 
 /// Go's client asked for gzip itself and decoded it transparently, dropping the encoding and

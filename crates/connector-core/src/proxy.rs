@@ -68,12 +68,29 @@ impl Proxy {
     /// URL has no password).
     pub fn basic_auth(&self) -> Option<HeaderValue> {
         let (user, password) = self.credentials.as_ref()?;
-        let encoded =
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
-        value.set_sensitive(true);
-        Some(value)
+        basic_auth(user, password)
     }
+}
+
+/// `Basic base64(user:password)`, marked sensitive.
+pub(crate) fn basic_auth(user: &str, password: &str) -> Option<HeaderValue> {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// The user and password of a URL authority (`user:pass@host`), percent-decoded as Go's URL
+/// parser does; the user information ends at the last `@`, and a missing password is empty.
+pub(crate) fn userinfo(authority: &str) -> Option<(String, String)> {
+    let (info, _) = authority.rsplit_once('@')?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let (user, password) = info.split_once(':').unwrap_or((info, ""));
+    Some((decode(user), decode(password)))
 }
 
 /// The first non-empty of `names`, with its name.
@@ -147,23 +164,12 @@ fn parse_proxy(var: &'static str, value: &str) -> Result<Option<Proxy>, ConfigEr
         }
         _ => (ProxyKind::Http, 80),
     };
-    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-    // User information ends at the last `@`, as in Go.
-    let userinfo = authority.rsplit_once('@').map(|(u, _)| u);
+    let credentials = uri.authority().and_then(|a| userinfo(a.as_str()));
     let host = uri.host().unwrap_or_default();
     let port = uri.port_u16().unwrap_or(default_port);
     let uri: Uri = format!("http://{host}:{port}")
         .parse()
         .map_err(|_| ConfigError::invalid_secret(var, "a proxy URL such as http://proxy:3128"))?;
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    let credentials = userinfo.map(|u| match u.split_once(':') {
-        Some((user, password)) => (decode(user), decode(password)),
-        None => (decode(u), String::new()),
-    });
     Ok(Some(Proxy {
         kind,
         uri,

@@ -569,10 +569,10 @@ async fn bad_env_values_exit_78_with_one_line_and_no_secret() {
         ("OFFSET_RESET_POLICY", Some("oldest")),
         ("SASL", Some("kerberos")),
         ("USERNAME", Some("")),
-        ("TLS", Some("maybe")),
         ("MAX_IN_FLIGHT", Some("0")),
         ("PARTITION_CONCURRENCY", Some("-1")),
         ("UNSAFE_SSL", Some("perhaps")),
+        // TLS takes any text (anything but enable/true is off, as in the original).
     ];
     for (var, value) in cases {
         let mut base = base.clone();

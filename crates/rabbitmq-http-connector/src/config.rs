@@ -14,8 +14,8 @@ pub struct RabbitConfig {
     pub tls: OwnedTLSConfig,
     /// The source queue, `TOPIC`.
     pub queue: String,
-    /// `CONCURRENT`: prefetch (`basic.qos`) and in-flight bound.
-    pub concurrent: u16,
+    /// `CONCURRENT`: in-flight bound, and prefetch (`basic.qos`) up to its limit of 65535.
+    pub concurrent: u32,
 }
 
 impl std::fmt::Debug for RabbitConfig {
@@ -26,6 +26,13 @@ impl std::fmt::Debug for RabbitConfig {
             .field("queue", &self.queue)
             .field("concurrent", &self.concurrent)
             .finish()
+    }
+}
+
+impl RabbitConfig {
+    /// The prefetch count for `basic.qos`: `CONCURRENT`, within AMQP's 16 bits.
+    pub fn prefetch(&self) -> u16 {
+        u16::try_from(self.concurrent).unwrap_or(u16::MAX)
     }
 }
 
@@ -68,7 +75,9 @@ impl RabbitConfig {
         } else {
             OwnedTLSConfig::default()
         };
-        let concurrent = vars.int_in_range("CONCURRENT", 10, 1, i64::from(u16::MAX))? as u16;
+        // The original took any positive number; AMQP's prefetch stops at 65535 (see
+        // `prefetch`), the in-flight bound does not.
+        let concurrent = vars.int_in_range("CONCURRENT", 10, 1, 1_000_000)? as u32;
         Ok(Self {
             uri,
             tls,
@@ -272,7 +281,9 @@ mod tests {
             (Some(5), Some(8192))
         );
         assert_eq!(parse(&[("CONCURRENT", " 3 ")]).unwrap().concurrent, 3);
-        for bad in ["0", "-1", "ten", "70000"] {
+        let many = parse(&[("CONCURRENT", "100000")]).unwrap();
+        assert_eq!((many.concurrent, many.prefetch()), (100_000, u16::MAX));
+        for bad in ["0", "-1", "ten", "2000000"] {
             assert_eq!(
                 parse(&[("CONCURRENT", bad)]).unwrap_err().var(),
                 "CONCURRENT"

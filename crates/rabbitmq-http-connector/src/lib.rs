@@ -46,7 +46,7 @@ impl Connector for RabbitConnector {
 
     fn dispatch_options(&self) -> DispatchOptions {
         DispatchOptions {
-            max_in_flight: usize::from(self.config.concurrent),
+            max_in_flight: self.config.concurrent as usize,
             lane_concurrency: 0,
         }
     }
@@ -63,7 +63,7 @@ impl Connector for RabbitConnector {
                 return Ok(());
             };
             engine.health().set_ready(true);
-            tracing::info!(queue = %self.config.queue, prefetch = self.config.concurrent, "consuming");
+            tracing::info!(queue = %self.config.queue, prefetch = self.config.prefetch(), "consuming");
             let end = engine
                 .dispatch(&mut session.source, &session.publisher)
                 .await;
@@ -147,7 +147,7 @@ impl Session {
 
         let consume = connection.create_channel().await?;
         consume
-            .basic_qos(config.concurrent, BasicQosOptions::default())
+            .basic_qos(config.prefetch(), BasicQosOptions::default())
             .await?;
         let publish = connection.create_channel().await?;
         publish
