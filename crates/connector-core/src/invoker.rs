@@ -68,7 +68,7 @@ enum Attempt {
 #[derive(Debug)]
 pub struct Invoker {
     client: HttpsClient,
-    proxy_auth: Option<HeaderValue>,
+    proxy_rules: Arc<crate::proxy::ProxyRules>,
     /// `Authorization: Basic` from user information in `HTTP_ENDPOINT`, as Go's client sent it.
     endpoint_auth: Option<HeaderValue>,
     endpoint: Uri,
@@ -114,7 +114,8 @@ impl Invoker {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        if let Some(proxy) = &settings.proxy {
+        let proxy_rules = Arc::new(settings.proxy.clone());
+        if let Some(proxy) = settings.proxy.for_uri(&common.endpoint_uri) {
             tracing::info!(
                 proxy = %proxy.uri,
                 from = proxy.var,
@@ -125,7 +126,7 @@ impl Invoker {
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(ProxyConnector::new(http, settings.proxy.clone()));
+            .wrap_connector(ProxyConnector::new(http, proxy_rules.clone()));
         let client = Client::builder(TokioExecutor::new())
             // The original's Go client wrote canonical names (`Keda-Topic`); so do we.
             .http1_title_case_headers(true)
@@ -133,17 +134,9 @@ impl Invoker {
             .build(https);
         // What the router sees as the request URI: `/?a=b` for `http://h?a=b`.
         let request_uri = request_uri(&common.endpoint_uri);
-        // A plain-http endpoint through an HTTP proxy: the proxy's credentials ride on every
-        // request (for https they go with the CONNECT).
-        let proxy_auth = settings
-            .proxy
-            .as_ref()
-            .filter(|p| p.kind == ProxyKind::Http)
-            .filter(|_| common.endpoint_uri.scheme_str() != Some("https"))
-            .and_then(crate::proxy::Proxy::basic_auth);
         Self {
             client,
-            proxy_auth,
+            proxy_rules,
             endpoint_auth: endpoint_basic_auth(&common.endpoint_uri),
             endpoint: common.endpoint_uri.clone(),
             request_uri,
@@ -279,8 +272,14 @@ impl Invoker {
             // insist.
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(hop.body.len()));
         }
-        if let Some(auth) = &self.proxy_auth {
-            h.insert(header::PROXY_AUTHORIZATION, auth.clone());
+        // A plain-http call through an HTTP proxy: the proxy's credentials ride on the request
+        // (for https they go with the CONNECT, never to the endpoint).
+        if hop.uri.scheme_str() != Some("https")
+            && let Some(proxy) = self.proxy_rules.for_uri(&hop.uri)
+            && proxy.kind == ProxyKind::Http
+            && let Some(auth) = proxy.basic_auth()
+        {
+            h.insert(header::PROXY_AUTHORIZATION, auth);
         }
         // Credentials from the endpoint URL go with the first request only (Go added them to
         // that request, not to the headers later hops copy); a message's own Authorization

@@ -100,42 +100,93 @@ fn first_set(vars: &Vars<'_>, names: [&'static str; 2]) -> Option<(&'static str,
         .find_map(|n| vars.optional(n).map(|v| (n, v)))
 }
 
-/// The proxy for `endpoint` under the environment's proxy variables, or `None` for a direct
-/// connection. Values Go would ignore are ignored, with a line added to `warnings`.
-pub fn for_endpoint(
-    env: &dyn Env,
-    endpoint: &Uri,
-    warnings: &mut Vec<String>,
-) -> Result<Option<Proxy>, ConfigError> {
-    let vars = Vars::new(env);
-    let https = endpoint.scheme_str() == Some("https");
-    let names = if https {
-        ["HTTPS_PROXY", "https_proxy"]
-    } else {
-        ["HTTP_PROXY", "http_proxy"]
-    };
-    let Some((var, value)) = first_set(&vars, names) else {
-        return Ok(None);
-    };
-    let Some(proxy) = parse_proxy(var, &value)? else {
-        warnings.push(format!(
-            "{var} is not a URL the original's HTTP client could use; calls go direct, as they did there"
-        ));
-        return Ok(None);
-    };
-    if !https && vars.optional("REQUEST_METHOD").is_some() {
-        return Err(ConfigError::conflict(
-            var,
-            "refusing to use HTTP_PROXY in a CGI environment (REQUEST_METHOD is set), as Go does",
-        ));
+/// The proxy variables, read once at start as Go read them once per process, applied to each
+/// URL a call goes to (`HTTP_ENDPOINT`, and where its redirects lead).
+#[derive(Clone, Debug, Default)]
+pub struct ProxyRules {
+    http: Option<Proxy>,
+    https: Option<Proxy>,
+    no_proxy: String,
+}
+
+impl ProxyRules {
+    /// Reads `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` (and lower case) and `REQUEST_METHOD`.
+    /// Values Go would ignore are ignored, with a line added to `warnings`. Fails only where
+    /// the proxy that applies to `endpoint` cannot be used (an `https://` proxy, or the CGI
+    /// rule).
+    pub fn from_env(
+        env: &dyn Env,
+        endpoint: &Uri,
+        warnings: &mut Vec<String>,
+    ) -> Result<Self, ConfigError> {
+        let vars = Vars::new(env);
+        let mut read = |names: [&'static str; 2]| -> Option<Result<Proxy, ConfigError>> {
+            let (var, value) = first_set(&vars, names)?;
+            match parse_proxy(var, &value) {
+                Ok(Some(proxy)) => Some(Ok(proxy)),
+                Ok(None) => {
+                    warnings.push(format!(
+                        "{var} is not a URL the original's HTTP client could use; calls go direct, as they did there"
+                    ));
+                    None
+                }
+                Err(e) => Some(Err(e)),
+            }
+        };
+        let http = read(["HTTP_PROXY", "http_proxy"]);
+        let https = read(["HTTPS_PROXY", "https_proxy"]);
+        let no_proxy = first_set(&vars, ["NO_PROXY", "no_proxy"])
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        let endpoint_https = endpoint.scheme_str() == Some("https");
+        // A proxy we cannot use is an error only where it would carry the endpoint's calls.
+        let applies = |rules_no_proxy: &str| {
+            let host = endpoint.host().unwrap_or_default();
+            let port = endpoint
+                .port_u16()
+                .unwrap_or(if endpoint_https { 443 } else { 80 });
+            use_proxy(host, port, rules_no_proxy)
+        };
+        let (mine, other) = if endpoint_https {
+            (https, http)
+        } else {
+            (http, https)
+        };
+        let mine = match mine {
+            Some(Err(e)) if applies(&no_proxy) => return Err(e),
+            Some(Ok(p)) => Some(p),
+            _ => None,
+        };
+        if let Some(p) = &mine
+            && !endpoint_https
+            && vars.optional("REQUEST_METHOD").is_some()
+            && applies(&no_proxy)
+        {
+            return Err(ConfigError::conflict(
+                p.var,
+                "refusing to use HTTP_PROXY in a CGI environment (REQUEST_METHOD is set), as Go does",
+            ));
+        }
+        let other = other.and_then(Result::ok);
+        let (http, https) = if endpoint_https {
+            (other, mine)
+        } else {
+            (mine, other)
+        };
+        Ok(Self {
+            http,
+            https,
+            no_proxy,
+        })
     }
-    let host = endpoint.host().unwrap_or_default();
-    let port = endpoint.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let no_proxy = first_set(&vars, ["NO_PROXY", "no_proxy"]).map(|(_, v)| v);
-    if !use_proxy(host, port, no_proxy.as_deref().unwrap_or_default()) {
-        return Ok(None);
+
+    /// The proxy for a call to `uri`, or `None` for a direct connection.
+    pub fn for_uri(&self, uri: &Uri) -> Option<&Proxy> {
+        let https = uri.scheme_str() == Some("https");
+        let proxy = if https { &self.https } else { &self.http }.as_ref()?;
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        use_proxy(uri.host()?, port, &self.no_proxy).then_some(proxy)
     }
-    Ok(Some(proxy))
 }
 
 /// Go's `parseProxy`: a URL, else `http://` + the value; `None` when neither parses.
@@ -307,13 +358,13 @@ fn same_family(ip: IpAddr, net: IpAddr) -> Option<IpAddr> {
 #[derive(Clone, Debug)]
 pub struct ProxyConnector {
     http: HttpConnector,
-    proxy: Option<Proxy>,
+    rules: std::sync::Arc<ProxyRules>,
 }
 
 impl ProxyConnector {
-    /// Connects with `http` (TCP), through `proxy` when given.
-    pub fn new(http: HttpConnector, proxy: Option<Proxy>) -> Self {
-        Self { http, proxy }
+    /// Connects with `http` (TCP), through the proxy `rules` pick for each destination.
+    pub fn new(http: HttpConnector, rules: std::sync::Arc<ProxyRules>) -> Self {
+        Self { http, rules }
     }
 }
 
@@ -332,7 +383,7 @@ impl tower_service::Service<Uri> for ProxyConnector {
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let mut http = self.http.clone();
-        let proxy = self.proxy.clone();
+        let proxy = self.rules.for_uri(&dst).cloned();
         Box::pin(async move {
             let Some(proxy) = proxy else {
                 let io = ready_then_call(&mut http, dst).await?;
@@ -452,9 +503,18 @@ impl hyper::rt::Write for ProxiedIo {
 mod tests {
     use super::*;
 
+    fn for_endpoint(
+        env: &[(&str, &str)],
+        endpoint: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<Proxy>, ConfigError> {
+        let endpoint: Uri = endpoint.parse().unwrap();
+        let rules = ProxyRules::from_env(&env.to_vec(), &endpoint, warnings)?;
+        Ok(rules.for_uri(&endpoint).cloned())
+    }
+
     fn proxy(env: &[(&str, &str)], endpoint: &str) -> Option<String> {
-        let mut warnings = Vec::new();
-        for_endpoint(&env.to_vec(), &endpoint.parse().unwrap(), &mut warnings)
+        for_endpoint(env, endpoint, &mut Vec::new())
             .unwrap()
             .map(|p| p.uri.to_string())
     }
@@ -552,7 +612,7 @@ mod tests {
     fn credentials_cgi_and_unusable_values() {
         let mut warnings = Vec::new();
         let env = [("HTTPS_PROXY", "http://us%40er:p%3Ass@p:3128")];
-        let p = for_endpoint(&env.to_vec(), &"https://f/".parse().unwrap(), &mut warnings)
+        let p = for_endpoint(&env, "https://f/", &mut warnings)
             .unwrap()
             .unwrap();
         assert_eq!(p.credentials, Some(("us@er".to_owned(), "p:ss".to_owned())));
@@ -565,15 +625,21 @@ mod tests {
         );
         assert!(!format!("{p:?}").contains("p:ss"));
         let cgi = [("HTTP_PROXY", "p"), ("REQUEST_METHOD", "GET")];
-        assert!(for_endpoint(&cgi.to_vec(), &"http://f/".parse().unwrap(), &mut warnings).is_err());
+        assert!(for_endpoint(&cgi, "http://f/", &mut warnings).is_err());
         let tls = [("HTTP_PROXY", "https://p")];
-        let e =
-            for_endpoint(&tls.to_vec(), &"http://f/".parse().unwrap(), &mut warnings).unwrap_err();
+        let e = for_endpoint(&tls, "http://f/", &mut warnings).unwrap_err();
         assert_eq!(e.var(), "HTTP_PROXY");
         assert!(warnings.is_empty());
+        // A proxy that would not carry the endpoint's calls is no reason to refuse the start.
+        let unused = [("HTTPS_PROXY", "https://p")];
+        assert!(
+            for_endpoint(&unused, "http://f/", &mut warnings)
+                .unwrap()
+                .is_none()
+        );
         let junk = [("HTTP_PROXY", "http://p:3128\n")];
         assert_eq!(
-            for_endpoint(&junk.to_vec(), &"http://f/".parse().unwrap(), &mut warnings)
+            for_endpoint(&junk, "http://f/", &mut warnings)
                 .unwrap()
                 .map(|p| p.uri.to_string()),
             None

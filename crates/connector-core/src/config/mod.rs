@@ -85,9 +85,8 @@ pub struct HttpSettings {
     /// `HTTP_TLS_INSECURE_SKIP_VERIFY`: accept any certificate from the endpoint. Off by
     /// default; a warning is logged at start when on.
     pub insecure_skip_verify: bool,
-    /// The proxy that carries calls to the endpoint (`HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY`,
-    /// Go's rules); `None` = direct.
-    pub proxy: Option<crate::proxy::Proxy>,
+    /// Which proxy carries a call (`HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY`, Go's rules).
+    pub proxy: crate::proxy::ProxyRules,
 }
 
 impl std::fmt::Debug for HttpSettings {
@@ -294,7 +293,7 @@ impl Settings {
                 None => Vec::new(),
             },
             insecure_skip_verify: vars.bool("HTTP_TLS_INSECURE_SKIP_VERIFY", false)?,
-            proxy: crate::proxy::for_endpoint(env, &common.endpoint_uri, &mut warnings)?,
+            proxy: crate::proxy::ProxyRules::from_env(env, &common.endpoint_uri, &mut warnings)?,
         };
         if http.insecure_skip_verify {
             if !http.ca_certs.is_empty() {
