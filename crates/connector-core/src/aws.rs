@@ -25,20 +25,24 @@ impl AwsSettings {
         let vars = Vars::new(env);
         // Go's SDK skips an empty AWS_REGION and takes AWS_DEFAULT_REGION; the Rust SDK would
         // take the empty value as the region, so the fallback is made here.
-        let region = vars
-            .optional_trimmed("AWS_REGION")
-            .or_else(|| vars.optional_trimmed("AWS_DEFAULT_REGION"));
-        if let Some(r) = &region
+        let region = match vars.optional_trimmed("AWS_REGION") {
+            Some(r) => Some(("AWS_REGION", r)),
+            None => vars
+                .optional_trimmed("AWS_DEFAULT_REGION")
+                .map(|r| ("AWS_DEFAULT_REGION", r)),
+        };
+        if let Some((var, r)) = &region
             && !r
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(ConfigError::invalid(
-                "AWS_REGION",
+                *var,
                 "a region name such as us-east-1",
                 r,
             ));
         }
+        let region = region.map(|(_, r)| r);
         let endpoint = vars.optional_trimmed("AWS_ENDPOINT");
         if let Some(e) = &endpoint {
             let ok = url::Url::parse(e)

@@ -72,7 +72,6 @@ pub struct Invoker {
     /// `Authorization: Basic` from user information in `HTTP_ENDPOINT`, as Go's client sent it.
     endpoint_auth: Option<HeaderValue>,
     endpoint: Uri,
-    request_uri: String,
     attempts: u32,
     settings: HttpSettings,
     signer: Option<RequestSigner>,
@@ -132,14 +131,11 @@ impl Invoker {
             .http1_title_case_headers(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
-        // What the router sees as the request URI: `/?a=b` for `http://h?a=b`.
-        let request_uri = request_uri(&common.endpoint_uri);
         Self {
             client,
             proxy_rules,
             endpoint_auth: endpoint_basic_auth(&common.endpoint_uri),
             endpoint: common.endpoint_uri.clone(),
-            request_uri,
             attempts: common.attempts(),
             settings: settings.clone(),
             signer: settings
@@ -255,15 +251,21 @@ impl Invoker {
         let h = req.headers_mut();
         h.clone_from(headers);
         if hop.cross_domain {
-            // Go drops credentials when a redirect leaves the endpoint's domain.
+            // Go drops credentials once a redirect chain has left the endpoint's domain, for
+            // the rest of the chain.
             for name in [
                 header::AUTHORIZATION,
                 header::WWW_AUTHENTICATE,
                 header::COOKIE,
+                header::PROXY_AUTHORIZATION,
+                header::PROXY_AUTHENTICATE,
             ] {
                 h.remove(name);
             }
             h.remove("cookie2");
+        }
+        if let Some(referer) = &hop.referer {
+            h.insert(header::REFERER, referer.clone());
         }
         h.insert(header::USER_AGENT, self.user_agent.clone());
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
@@ -281,21 +283,23 @@ impl Invoker {
         {
             h.insert(header::PROXY_AUTHORIZATION, auth);
         }
-        // Credentials from the endpoint URL go with the first request only (Go added them to
-        // that request, not to the headers later hops copy); a message's own Authorization
-        // header wins.
-        if hop.number == 0
-            && let Some(auth) = &self.endpoint_auth
-            && !h.contains_key(header::AUTHORIZATION)
-        {
-            h.insert(header::AUTHORIZATION, auth.clone());
-        }
-        if let Some(signer) = &self.signer {
-            let request_uri = if hop.number == 0 {
-                self.request_uri.clone()
+        // Credentials in the URL of this hop (the endpoint's, kept by a relative redirect), as
+        // Go's client added them to each request; a message's own Authorization header wins.
+        if !h.contains_key(header::AUTHORIZATION)
+            && let Some(auth) = if hop.number == 0 {
+                self.endpoint_auth.clone()
             } else {
-                request_uri(&hop.uri)
-            };
+                endpoint_basic_auth(&hop.uri)
+            }
+        {
+            h.insert(header::AUTHORIZATION, auth);
+        }
+        // Signed only for the endpoint itself: the signature does not cover the host, so a
+        // redirect elsewhere (a function's own answer) must never be handed one.
+        if let Some(signer) = &self.signer
+            && same_origin(&hop.uri, &self.endpoint)
+        {
+            let request_uri = request_uri(&hop.uri);
             let (ts, sig) = signer.header_values(hop.method.as_str(), &request_uri, &hop.body);
             h.insert(TIMESTAMP_HEADER, ts);
             h.insert(SIGNATURE_HEADER, sig);
@@ -311,6 +315,7 @@ impl Invoker {
                 uri: self.endpoint.clone(),
                 body: payload.clone(),
                 cross_domain: false,
+                referer: None,
             };
             loop {
                 let response = self
@@ -326,8 +331,9 @@ impl Invoker {
                     .await
                     .map_err(|e| format!("reading response body: {}", error_chain(&e)))?
                     .to_bytes();
-                match hop.redirected(&parts, &self.endpoint) {
-                    Some(next) if next.number > MAX_REDIRECTS => {
+                match hop.redirected(&parts, &self.endpoint)? {
+                    // Go's client sends at most 10 requests per call.
+                    Some(next) if next.number >= MAX_REDIRECTS => {
                         return Err(format!("stopped after {MAX_REDIRECTS} redirects"));
                     }
                     Some(next) => hop = next,
@@ -368,61 +374,180 @@ struct Hop {
     method: Method,
     uri: Uri,
     body: Bytes,
+    /// Whether the chain has left the endpoint's domain (sticky, as in Go).
     cross_domain: bool,
+    referer: Option<HeaderValue>,
 }
 
 impl Hop {
     /// The next hop when `response` redirects, by Go's client rules: 307 and 308 repeat the
-    /// POST with its body; 301, 302 and 303 become a GET without one; no `Location`, no
-    /// redirect.
-    fn redirected(&self, response: &http::response::Parts, endpoint: &Uri) -> Option<Hop> {
+    /// request with its body; 301, 302 and 303 become a GET without one; no or an empty
+    /// `Location`, no redirect; a `Location` that is no URL, an error.
+    fn redirected(
+        &self,
+        response: &http::response::Parts,
+        endpoint: &Uri,
+    ) -> Result<Option<Hop>, String> {
         let keep_body = match response.status.as_u16() {
             307 | 308 => true,
             301..=303 => false,
-            _ => return None,
+            _ => return Ok(None),
         };
-        let location = response.headers.get(header::LOCATION)?.to_str().ok()?;
-        let uri = resolve(&self.uri, location)?;
+        let Some(location) = response
+            .headers
+            .get(header::LOCATION)
+            .filter(|l| !l.is_empty())
+        else {
+            return Ok(None);
+        };
+        let uri = location
+            .to_str()
+            .ok()
+            .and_then(|l| resolve(&self.uri, l))
+            .ok_or_else(|| format!("failed to parse Location header {location:?}"))?;
         let (method, body) = if keep_body {
             (self.method.clone(), self.body.clone())
         } else {
             (Method::GET, Bytes::new())
         };
-        let cross_domain = !same_domain(endpoint.host()?, uri.host()?);
-        Some(Hop {
+        let leaves = match (endpoint.host(), uri.host()) {
+            (Some(from), Some(to)) => !same_domain(from, to),
+            _ => true,
+        };
+        // Go's Referer: the previous URL without credentials or fragment, and none from
+        // https to http.
+        let referer = (self.uri.scheme_str() != Some("https") || uri.scheme_str() == Some("https"))
+            .then(|| HeaderValue::from_str(&without_userinfo(&self.uri)).ok())
+            .flatten();
+        Ok(Some(Hop {
             number: self.number + 1,
             method,
             uri,
             body,
-            cross_domain,
-        })
+            cross_domain: self.cross_domain || leaves,
+            referer,
+        }))
     }
 }
 
-/// `location` resolved against `base` (absolute, scheme-relative, absolute-path or relative).
-fn resolve(base: &Uri, location: &str) -> Option<Uri> {
-    if let Ok(uri) = location.parse::<Uri>()
-        && uri.scheme().is_some()
-    {
-        return Some(uri);
-    }
-    let scheme = base.scheme_str()?;
-    let authority = base.authority()?.as_str();
-    let target = if let Some(rest) = location.strip_prefix("//") {
-        format!("{scheme}://{rest}")
-    } else if location.starts_with('/') {
-        format!("{scheme}://{authority}{location}")
-    } else {
-        let dir = base.path().rsplit_once('/').map_or("", |(d, _)| d);
-        format!("{scheme}://{authority}{dir}/{location}")
+/// `uri` as text without user information.
+fn without_userinfo(uri: &Uri) -> String {
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!(
+        "{}://{host}{}",
+        uri.scheme_str().unwrap_or("http"),
+        request_uri(uri)
+    )
+}
+
+/// `reference` resolved against `base` by RFC 3986 §5.2 (what Go's `URL.ResolveReference`
+/// does), fragment dropped. Written out rather than taken from the `url` crate, which would
+/// add its IDNA tables to every image for this one use.
+fn resolve(base: &Uri, reference: &str) -> Option<Uri> {
+    let reference = reference.split_once('#').map_or(reference, |(r, _)| r);
+    let (reference, query) = match reference.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (reference, None),
     };
-    target.parse().ok()
+    let has_scheme = reference.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    let (scheme, authority, path, query) = if has_scheme {
+        let (scheme, rest) = reference.split_once(':')?;
+        let rest = rest.strip_prefix("//")?;
+        let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+        (
+            scheme.to_owned(),
+            authority.to_owned(),
+            remove_dot_segments(path),
+            query,
+        )
+    } else {
+        let scheme = base.scheme_str()?.to_owned();
+        if let Some(rest) = reference.strip_prefix("//") {
+            let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+            (
+                scheme,
+                authority.to_owned(),
+                remove_dot_segments(path),
+                query,
+            )
+        } else {
+            let authority = base.authority()?.as_str().to_owned();
+            if reference.is_empty() {
+                (
+                    scheme,
+                    authority,
+                    base.path().to_owned(),
+                    query.or(base.query()),
+                )
+            } else if reference.starts_with('/') {
+                (scheme, authority, remove_dot_segments(reference), query)
+            } else {
+                let dir = base.path().rsplit_once('/').map_or("", |(d, _)| d);
+                let merged = format!("{dir}/{reference}");
+                (scheme, authority, remove_dot_segments(&merged), query)
+            }
+        }
+    };
+    let path = if path.is_empty() { "/" } else { path.as_str() };
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    format!("{scheme}://{authority}{path}{query}").parse().ok()
+}
+
+/// RFC 3986 §5.2.4.
+fn remove_dot_segments(path: &str) -> String {
+    let mut output: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i == segments.len() - 1;
+        match *segment {
+            "." => {
+                if last {
+                    output.push("");
+                }
+            }
+            ".." => {
+                if output.len() > 1 {
+                    output.pop();
+                }
+                if last {
+                    output.push("");
+                }
+            }
+            s => output.push(s),
+        }
+    }
+    let joined = output.join("/");
+    if path.starts_with('/') && !joined.starts_with('/') {
+        format!("/{joined}")
+    } else {
+        joined
+    }
 }
 
 /// Go's rule for keeping credentials: the same host, or a subdomain of the original one.
 fn same_domain(original: &str, next: &str) -> bool {
     let (original, next) = (original.to_ascii_lowercase(), next.to_ascii_lowercase());
     next == original || next.ends_with(&format!(".{original}"))
+}
+
+/// Same scheme, host and port.
+fn same_origin(a: &Uri, b: &Uri) -> bool {
+    let port = |u: &Uri| {
+        u.port_u16().unwrap_or(if u.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        })
+    };
+    a.scheme_str() == b.scheme_str()
+        && a.host().map(str::to_ascii_lowercase) == b.host().map(str::to_ascii_lowercase)
+        && port(a) == port(b)
 }
 
 /// The request URI of `uri` as a server sees it: path and query.
@@ -497,6 +622,40 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Go's `URL.ResolveReference` results for the Location forms a function may send.
+    #[test]
+    fn locations_resolve_as_go_resolves_them() {
+        let base: Uri = "http://u:p@router:8888/fission-function/fn?x=1"
+            .parse()
+            .unwrap();
+        for (location, expected) in [
+            ("/other", "http://u:p@router:8888/other"),
+            ("fn/", "http://u:p@router:8888/fission-function/fn/"),
+            (
+                "?page=2",
+                "http://u:p@router:8888/fission-function/fn?page=2",
+            ),
+            ("#frag", "http://u:p@router:8888/fission-function/fn?x=1"),
+            ("../x", "http://u:p@router:8888/x"),
+            ("/a/../b/./c", "http://u:p@router:8888/b/c"),
+            ("//elsewhere:9/y", "http://elsewhere:9/y"),
+            ("https://secure.example/z?q", "https://secure.example/z?q"),
+            ("/..", "http://u:p@router:8888/"),
+        ] {
+            assert_eq!(
+                resolve(&base, location).map(|u| u.to_string()).as_deref(),
+                Some(expected),
+                "{location}"
+            );
+        }
+        assert!(same_domain("router.fission", "a.router.fission"));
+        assert!(!same_domain("router.fission", "evilrouter.fission"));
+        assert_eq!(
+            without_userinfo(&base),
+            "http://router:8888/fission-function/fn?x=1"
+        );
+    }
 
     #[test]
     fn retry_after_forms() {

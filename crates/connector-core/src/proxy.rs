@@ -15,8 +15,8 @@
 //! - With `REQUEST_METHOD` set (a CGI environment), an `http://` endpoint through `HTTP_PROXY`
 //!   is refused (Go fails every such request; here the start fails instead).
 //!
-//! The endpoint is one URL and redirects are not followed, so the decision is made once at
-//! start, as Go reads these variables once per process.
+//! The variables are read once at start, as Go reads them once per process; the rules are
+//! applied to each URL a call goes to (the endpoint, and where its redirects lead).
 
 use crate::config::{ConfigError, Env, Vars};
 use base64::Engine as _;
@@ -157,9 +157,10 @@ impl ProxyRules {
             Some(Ok(p)) => Some(p),
             _ => None,
         };
+        let cgi = vars.optional("REQUEST_METHOD").is_some();
         if let Some(p) = &mine
             && !endpoint_https
-            && vars.optional("REQUEST_METHOD").is_some()
+            && cgi
             && applies(&no_proxy)
         {
             return Err(ConfigError::conflict(
@@ -167,12 +168,26 @@ impl ProxyRules {
                 "refusing to use HTTP_PROXY in a CGI environment (REQUEST_METHOD is set), as Go does",
             ));
         }
-        let other = other.and_then(Result::ok);
-        let (http, https) = if endpoint_https {
+        let other = match other {
+            Some(Ok(p)) => Some(p),
+            Some(Err(e)) => {
+                warnings.push(format!(
+                    "{e}; it applies only to redirects to the other scheme, which go direct"
+                ));
+                None
+            }
+            None => None,
+        };
+        let (mut http, https) = if endpoint_https {
             (other, mine)
         } else {
             (mine, other)
         };
+        // Go fails http calls through HTTP_PROXY in a CGI environment; none is ever made
+        // through it here (the endpoint's own case was refused above).
+        if cgi {
+            http = None;
+        }
         Ok(Self {
             http,
             https,
@@ -630,11 +645,26 @@ mod tests {
         let e = for_endpoint(&tls, "http://f/", &mut warnings).unwrap_err();
         assert_eq!(e.var(), "HTTP_PROXY");
         assert!(warnings.is_empty());
-        // A proxy that would not carry the endpoint's calls is no reason to refuse the start.
+        // A proxy that would not carry the endpoint's calls is no reason to refuse the start,
+        // but worth a warning.
         let unused = [("HTTPS_PROXY", "https://p")];
         assert!(
             for_endpoint(&unused, "http://f/", &mut warnings)
                 .unwrap()
+                .is_none()
+        );
+        assert_eq!(warnings.len(), 1);
+        // In a CGI environment HTTP_PROXY carries nothing, even where the endpoint is exempt.
+        let cgi_exempt = [
+            ("HTTP_PROXY", "p"),
+            ("REQUEST_METHOD", "GET"),
+            ("NO_PROXY", "f"),
+        ];
+        let endpoint: Uri = "http://f/".parse().unwrap();
+        let rules = ProxyRules::from_env(&cgi_exempt.to_vec(), &endpoint, &mut warnings).unwrap();
+        assert!(
+            rules
+                .for_uri(&"http://elsewhere/".parse().unwrap())
                 .is_none()
         );
         let junk = [("HTTP_PROXY", "http://p:3128\n")];
@@ -644,6 +674,6 @@ mod tests {
                 .map(|p| p.uri.to_string()),
             None
         );
-        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings.len(), 2);
     }
 }

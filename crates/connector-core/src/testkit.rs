@@ -18,6 +18,8 @@ use tokio::sync::{Notify, watch};
 /// One request as the sink received it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// Request method.
+    pub method: String,
     /// Request path and query.
     pub path: String,
     /// Request headers.
@@ -261,6 +263,7 @@ async fn handle(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let recorded = Recorded {
+        method: parts.method.to_string(),
         path: parts
             .uri
             .path_and_query()

@@ -425,6 +425,9 @@ async fn redirects_are_followed_as_the_original_followed_them() {
         r.body.is_empty(),
         "a 303 is followed with a GET without the body"
     );
+    let get = sink.requests().into_iter().last().unwrap();
+    assert_eq!(get.method, "GET");
+    assert!(get.headers.get("content-length").is_none());
     let before = sink.count();
     let (inv, headers, _) = invoker(&sink.url("/loop0"), &[("MAX_RETRIES", "0")]);
     let f = failure(inv.invoke(&Bytes::from_static(b"x"), &headers).await);
@@ -432,7 +435,69 @@ async fn redirects_are_followed_as_the_original_followed_them() {
     assert!(f.last_error.unwrap_or_default().contains("10 redirects"));
     assert_eq!(
         sink.count() - before,
-        11,
-        "the first request and 10 redirects"
+        10,
+        "Go's client sends 10 requests at most"
     );
+}
+
+/// Credentials stay with the endpoint: a redirect chain that leaves its domain loses the
+/// message's Authorization for good (Go's sticky rule), the URL's credentials follow a
+/// relative redirect, and only the endpoint itself gets the Fission signature. An empty
+/// Location is no redirect.
+#[tokio::test]
+async fn redirects_keep_credentials_with_the_endpoint() {
+    let sink = Sink::start().await;
+    let port = sink.addr().port();
+    sink.respond(move |r| match r.path.as_str() {
+        "/start" => Reply::status(307).header("Location", &format!("http://localhost:{port}/away")),
+        "/away" => Reply::status(307).header("Location", &format!("http://127.0.0.1:{port}/back")),
+        "/relative" => Reply::status(307).header("Location", "/next"),
+        "/empty" => Reply::status(302).header("Location", ""),
+        _ => Reply::status(200),
+    });
+    let secret = [("FISSION_INTERNAL_AUTH_SECRET", "s3cret")];
+    let (inv, mut headers, _) = invoker(&format!("http://127.0.0.1:{port}/start"), &secret);
+    headers.merge([("Authorization", "Bearer from-the-message")]);
+    assert!(matches!(
+        inv.invoke(&Bytes::from_static(b"x"), &headers).await,
+        Outcome::Success(_)
+    ));
+    let by_path = |path: &str| {
+        sink.requests()
+            .into_iter()
+            .rfind(|r| r.path == path)
+            .unwrap_or_else(|| panic!("no request to {path}"))
+    };
+    let start = by_path("/start");
+    assert_eq!(start.headers["authorization"], "Bearer from-the-message");
+    assert!(start.headers.get("x-fission-auth-signature").is_some());
+    for (path, referer) in [
+        ("/away", format!("http://127.0.0.1:{port}/start")),
+        ("/back", format!("http://localhost:{port}/away")),
+    ] {
+        let r = by_path(path);
+        assert!(
+            r.headers.get("authorization").is_none(),
+            "{path}: {:?}",
+            r.headers
+        );
+        assert_eq!(r.headers["referer"], referer.as_str(), "{path}");
+    }
+    assert!(
+        by_path("/away")
+            .headers
+            .get("x-fission-auth-signature")
+            .is_none()
+    );
+
+    let (inv, headers, _) = invoker(&format!("http://u:p@127.0.0.1:{port}/relative"), &[]);
+    assert!(matches!(
+        inv.invoke(&Bytes::from_static(b"x"), &headers).await,
+        Outcome::Success(_)
+    ));
+    assert_eq!(by_path("/next").headers["authorization"], "Basic dTpw");
+
+    let (inv, headers, _) = invoker(&sink.url("/empty"), &[("MAX_RETRIES", "0")]);
+    let f = failure(inv.invoke(&Bytes::from_static(b"x"), &headers).await);
+    assert_eq!(f.status.map(|s| s.as_u16()), Some(302));
 }

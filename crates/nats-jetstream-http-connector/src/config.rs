@@ -171,8 +171,16 @@ fn parse_servers(value: Option<&str>) -> Result<(Secret, Option<UrlAuth>), Confi
                     .map_err(|_| bad())
             };
             let user = decode(url.username())?;
+            // `user:@host` is a user with an empty password to nats.go, not a token; the
+            // parsed URL cannot tell the two apart, the text can.
+            let colon = entry
+                .split_once("://")
+                .map_or(entry.as_str(), |(_, rest)| rest)
+                .rsplit_once('@')
+                .is_some_and(|(info, _)| info.contains(':'));
             auth = Some(match url.password() {
                 Some(p) => UrlAuth::UserPassword(user, Secret::new(decode(p)?)),
+                None if colon => UrlAuth::UserPassword(user, Secret::new(String::new())),
                 None => UrlAuth::Token(Secret::new(user)),
             });
         }
@@ -257,6 +265,8 @@ mod tests {
         assert!(!format!("{c:?}").contains("p:ss"));
         let c = parse(&[("NATS_SERVER", "nats://s3cret-token@a:4222")]).unwrap();
         assert_eq!(c.token.unwrap().expose(), "s3cret-token");
+        let c = parse(&[("NATS_SERVER", "nats://alice:@a:4222")]).unwrap();
+        assert_eq!(c.user_password.unwrap().0, "alice");
         // Variables given explicitly win over the URL.
         let c = parse(&[
             ("NATS_SERVER", "nats://x:y@a:4222"),

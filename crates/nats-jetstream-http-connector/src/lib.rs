@@ -269,9 +269,10 @@ impl Source for NatsSource {
             let message = Arc::new(message);
             let progress = CancellationToken::new();
             // In-progress acks keep a slow call from being redelivered to another replica.
+            // Not more often than every 100 ms, whatever the ack wait (it may be sub-second).
             tokio::spawn(keep_in_progress(
                 message.clone(),
-                self.ack_wait / 2,
+                (self.ack_wait / 2).max(Duration::from_millis(100)),
                 progress.clone(),
             ));
             return Ok(Some(Delivery {

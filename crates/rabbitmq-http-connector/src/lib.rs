@@ -94,17 +94,28 @@ impl Session {
         // amqp091-go gives up on a connection attempt after `connection_timeout` (30 s unless
         // HOST says otherwise); lapin has no limit of its own, and a listener that accepts
         // but never speaks AMQP would hold the start forever.
-        let limit =
-            std::time::Duration::from_millis(config.uri.query.connection_timeout.unwrap_or(30_000));
+        let limit = std::time::Duration::from_millis(
+            config
+                .uri
+                .query
+                .connection_timeout
+                .filter(|&ms| ms > 0)
+                .unwrap_or(30_000),
+        );
         let connecting =
             config
                 .uri
                 .clone()
                 .connect_with_config(properties, config.tls.clone(), runtime);
+        // Fatal, as in the original (its dial failed and the process exited): lapin's I/O
+        // thread for an abandoned handshake is not stopped, so retrying could pile them up; a
+        // restarted pod starts clean.
         let connection = tokio::time::timeout(limit, connecting)
             .await
             .map_err(|_| {
-                ConnectError::Retry(format!("no AMQP handshake within {limit:?}").into())
+                ConnectError::Fatal(
+                    format!("HOST: no AMQP handshake within {limit:?} (connection_timeout)").into(),
+                )
             })??;
         let common = &engine.settings().common;
 
