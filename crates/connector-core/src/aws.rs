@@ -10,6 +10,9 @@ use crate::dispatch::BoxError;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
+/// Static keys given under the older variable names: key id, secret, session token.
+pub type LegacyKeys = (String, crate::config::Secret, Option<crate::config::Secret>);
+
 /// `AWS_REGION` and `AWS_ENDPOINT`; everything else comes from the SDK's default chain.
 #[derive(Debug, Clone, Default)]
 pub struct AwsSettings {
@@ -17,6 +20,10 @@ pub struct AwsSettings {
     pub region: Option<String>,
     /// `AWS_ENDPOINT`: base endpoint of every service client (LocalStack, moto, a VPC endpoint).
     pub endpoint: Option<String>,
+    /// Keys from the older names `AWS_ACCESS_KEY` / `AWS_SECRET_KEY`, which Go's SDK reads when
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` are unset and the Rust SDK does not.
+    /// (key id, secret, session token).
+    pub legacy_keys: Option<LegacyKeys>,
 }
 
 impl AwsSettings {
@@ -55,7 +62,28 @@ impl AwsSettings {
                 ));
             }
         }
-        Ok(Self { region, endpoint })
+        let legacy_keys = match (
+            vars.optional_trimmed("AWS_ACCESS_KEY_ID"),
+            vars.optional_trimmed("AWS_ACCESS_KEY"),
+        ) {
+            (None, Some(id)) => vars
+                .optional_trimmed("AWS_SECRET_ACCESS_KEY")
+                .or_else(|| vars.optional_trimmed("AWS_SECRET_KEY"))
+                .map(|secret| {
+                    (
+                        id,
+                        crate::config::Secret::new(secret),
+                        vars.optional_trimmed("AWS_SESSION_TOKEN")
+                            .map(crate::config::Secret::new),
+                    )
+                }),
+            _ => None,
+        };
+        Ok(Self {
+            region,
+            endpoint,
+            legacy_keys,
+        })
     }
 
     /// Loads the SDK configuration. Fails when no region can be found anywhere, since every
@@ -70,6 +98,15 @@ impl AwsSettings {
         }
         if let Some(endpoint) = &self.endpoint {
             loader = loader.endpoint_url(endpoint);
+        }
+        if let Some((id, secret, token)) = &self.legacy_keys {
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                id,
+                secret.expose(),
+                token.as_ref().map(|t| t.expose().to_owned()),
+                None,
+                "AWS_ACCESS_KEY",
+            ));
         }
         let config = loader.load().await;
         if config.region().is_none_or(|r| r.as_ref().trim().is_empty()) {

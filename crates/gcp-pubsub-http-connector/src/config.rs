@@ -45,8 +45,11 @@ impl PubSubConfig {
             .optional_trimmed("SUBSCRIPTION_NAME")
             .ok_or_else(|| ConfigError::missing("SUBSCRIPTION_NAME"))?;
         let credentials = credentials(&vars, env)?;
+        // `*detect-project-id*` is the Go client's way of saying "the project of the
+        // credentials"; so it means here.
         let project = vars
             .optional_trimmed("PROJECT_ID")
+            .filter(|p| p != "*detect-project-id*")
             .or_else(|| match &credentials {
                 Credentials::ServiceAccount(json) => project_of(json.expose()),
                 _ => None,
@@ -172,6 +175,13 @@ mod tests {
         assert!(matches!(c.credentials, Credentials::Emulator(ref h) if h == "127.0.0.1:8085"));
         // Fission's shape: the JSON content in GOOGLE_APPLICATION_CREDENTIALS.
         let c = parse(&[("GOOGLE_APPLICATION_CREDENTIALS", KEY)]).unwrap();
+        assert_eq!(c.subscription, "projects/from-key/subscriptions/sub");
+        // The Go client's sentinel for "the project of the credentials".
+        let c = parse(&[
+            ("GOOGLE_APPLICATION_CREDENTIALS", KEY),
+            ("PROJECT_ID", "*detect-project-id*"),
+        ])
+        .unwrap();
         assert_eq!(c.subscription, "projects/from-key/subscriptions/sub");
         assert!(!format!("{c:?}").contains("s3cret"));
         // KEDA's shape: CREDENTIALS_FROM_ENV names the variable.

@@ -60,6 +60,9 @@ const COMMON_FREE: &[&str] = &[
     // Read by the AWS SDK or by us only to pass on; validated by the SDK.
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
+    // Passed on to the AWS SDK as keys (the older names Go's SDK reads).
+    "AWS_ACCESS_KEY_ID",
+    "AWS_ACCESS_KEY",
     "AWS_ENDPOINT",
     "HOSTNAME",
     // Go's client ignores a proxy value it cannot use (a warning says so here), and NO_PROXY

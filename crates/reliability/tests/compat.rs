@@ -425,6 +425,16 @@ async fn sqs_forms_the_original_accepts() {
                 "a blank AWS_REGION: AWS_DEFAULT_REGION",
                 Expect::Delivers,
             ),
+            form(
+                &[
+                    ("AWS_ACCESS_KEY_ID", ""),
+                    ("AWS_SECRET_ACCESS_KEY", ""),
+                    ("AWS_ACCESS_KEY", "testing"),
+                    ("AWS_SECRET_KEY", "testing"),
+                ],
+                "keys under the older names Go's SDK reads",
+                Expect::Delivers,
+            ),
         ]
     })
     .await;
