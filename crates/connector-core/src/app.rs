@@ -76,6 +76,19 @@ pub fn main<C: Connector>() -> ExitCode {
         }
     }
 
+    run_task::<C, _, _>(|settings, connector| run(connector, settings))
+}
+
+/// Runs `task` the way a connector starts: the configuration read from the environment as a
+/// normal start reads it (exit 78 with one line when it is wrong), JSON logs at `LOG_LEVEL`,
+/// the TLS provider, a multi-threaded runtime. For the connector itself ([`main`]) and for
+/// one-off tasks of a connector binary, such as a migration step.
+pub fn run_task<C, F, Fut>(task: F) -> ExitCode
+where
+    C: Connector,
+    F: FnOnce(Settings, C) -> Fut,
+    Fut: Future<Output = ExitCode>,
+{
     let (settings, connector) = match configure::<C>(&ProcessEnv) {
         Ok(v) => v,
         Err(e) => {
@@ -87,7 +100,7 @@ pub fn main<C: Connector>() -> ExitCode {
     // One process-wide TLS provider (ring) for every library that builds a rustls config from
     // the default, whatever crypto features the dependency graph happens to enable.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    block_on(run(connector, settings))
+    block_on(task(settings, connector))
 }
 
 /// Runs `main` on a new multi-threaded runtime; exit 1 if the runtime cannot start.

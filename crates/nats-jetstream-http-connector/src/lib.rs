@@ -8,8 +8,10 @@
 //! durable consumer (SIGINT used to delete it), and user/password, token, nkey, credentials-file
 //! and TLS authentication are available.
 
+mod adopt;
 mod config;
 
+pub use adopt::{MARKER_INACTIVE, marker_name};
 pub use config::NatsConfig;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
@@ -64,14 +66,6 @@ impl Connector for NatsConnector {
         let js = jetstream::new(client.clone());
         let consumer = consumer(&js, &config, &engine).await?;
         let ack_wait = consumer.cached_info().config.ack_wait;
-        if ack_wait != config.ack_wait {
-            tracing::warn!(
-                consumer = %config.consumer,
-                existing = ?ack_wait,
-                configured = ?config.ack_wait,
-                "the durable consumer exists with another ack wait; using the consumer's"
-            );
-        }
         let publisher = Arc::new(NatsPublisher { js: js.clone() });
         loop {
             let messages = consumer
@@ -113,7 +107,8 @@ impl Connector for NatsConnector {
     }
 }
 
-async fn connect(config: &NatsConfig, engine: &Engine) -> Result<async_nats::Client, BoxError> {
+/// The connect options `NATS_*` ask for: authentication and TLS.
+async fn options(config: &NatsConfig) -> Result<async_nats::ConnectOptions, BoxError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(NatsConnector::NAME)
         .connection_timeout(Duration::from_secs(5))
@@ -136,6 +131,20 @@ async fn connect(config: &NatsConfig, engine: &Engine) -> Result<async_nats::Cli
     if let Some((cert, key)) = &config.client_cert {
         options = options.add_client_certificate(cert.into(), key.into());
     }
+    Ok(options)
+}
+
+fn servers(config: &NatsConfig) -> Vec<async_nats::ServerAddr> {
+    config
+        .servers
+        .expose()
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+async fn connect(config: &NatsConfig, engine: &Engine) -> Result<async_nats::Client, BoxError> {
+    let mut options = options(config).await?;
     let health = engine.health().clone();
     options = options.event_callback(move |event| {
         let health = health.clone();
@@ -153,13 +162,39 @@ async fn connect(config: &NatsConfig, engine: &Engine) -> Result<async_nats::Cli
             }
         }
     });
-    let servers: Vec<async_nats::ServerAddr> = config
-        .servers
-        .expose()
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    Ok(options.connect(servers).await?)
+    Ok(options.connect(servers(config)).await?)
+}
+
+/// `--restore-push`: the way back to the original connector. Replaces the pull durable
+/// `CONSUMER` by a push durable of the same name at its position (see [`adopt`]'s module
+/// documentation) and returns the stream sequence it starts at.
+pub async fn restore_push(config: &NatsConfig) -> Result<u64, BoxError> {
+    let client = options(config).await?.connect(servers(config)).await?;
+    let js = jetstream::new(client.clone());
+    let stream = stream_of(&js, config).await?;
+    let start = adopt::restore_push(&stream, config).await?;
+    client.flush().await?;
+    Ok(start)
+}
+
+/// The stream holding `TOPIC`: `STREAM`, or the one that captures the subject.
+async fn stream_of(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+) -> Result<jetstream::stream::Stream, BoxError> {
+    let stream_name = match &config.stream {
+        Some(s) => s.clone(),
+        None => js.stream_by_subject(config.subject.as_str()).await.map_err(|e| {
+            format!(
+                "TOPIC: no JetStream stream captures subject {:?} ({e}); create one or set STREAM",
+                config.subject
+            )
+        })?,
+    };
+    Ok(js
+        .get_stream(&stream_name)
+        .await
+        .map_err(|e| format!("STREAM: cannot open stream {stream_name:?}: {e}"))?)
 }
 
 /// Binds the durable pull consumer, or creates it (deliver-all, explicit acks, `ACKWAIT`,
@@ -184,45 +219,8 @@ async fn consumer(
             .into());
         }
     }
-    let stream_name = match &config.stream {
-        Some(s) => s.clone(),
-        None => js.stream_by_subject(config.subject.as_str()).await.map_err(|e| {
-            format!(
-                "TOPIC: no JetStream stream captures subject {:?} ({e}); create one or set STREAM",
-                config.subject
-            )
-        })?,
-    };
-    let stream = js
-        .get_stream(&stream_name)
-        .await
-        .map_err(|e| format!("STREAM: cannot open stream {stream_name:?}: {e}"))?;
-    match stream.consumer_info(&config.consumer).await {
-        Ok(info) => {
-            if info.config.deliver_subject.is_some() {
-                return Err(format!(
-                    "CONSUMER: {:?} exists as a push consumer; this connector binds pull consumers \
-                     (delete it, or choose another name and point KEDA at it)",
-                    config.consumer
-                )
-                .into());
-            }
-            Ok(stream.get_consumer(&config.consumer).await?)
-        }
-        Err(_) => {
-            tracing::info!(consumer = %config.consumer, stream = %stream_name, "creating the durable consumer");
-            Ok(stream
-                .create_consumer(pull::Config {
-                    durable_name: Some(config.consumer.clone()),
-                    filter_subject: config.subject.clone(),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                    ack_wait: config.ack_wait,
-                    ..Default::default()
-                })
-                .await?)
-        }
-    }
+    let stream = stream_of(js, config).await?;
+    adopt::bind(&stream, config).await
 }
 
 /// The pull stream.
@@ -359,4 +357,27 @@ impl Publisher<()> for NatsPublisher {
         ack.await?;
         Ok(())
     }
+}
+
+/// The whole of `nats-jetstream-http-connector --restore-push`: the connector's own
+/// configuration from the environment (exit 78 when it is wrong), then [`restore_push`];
+/// exit 0 once the push durable is in place, 1 if it cannot be.
+pub fn restore_push_main() -> std::process::ExitCode {
+    connector_core::app::run_task::<NatsConnector, _, _>(|_, connector| async move {
+        let config = connector.config;
+        match restore_push(&config).await {
+            Ok(start) => {
+                tracing::info!(
+                    consumer = %config.consumer,
+                    stream_sequence = start,
+                    "the durable consumer is a push durable again, starting right after its last acknowledged message; the original connector can bind it now"
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot restore the push durable");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
 }

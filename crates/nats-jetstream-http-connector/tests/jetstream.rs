@@ -76,7 +76,8 @@ impl Setup {
         subject: &str,
         done: impl Fn(&[async_nats::jetstream::Message]) -> bool,
     ) -> Vec<async_nats::jetstream::Message> {
-        let stream = self.js.get_stream(&self.stream).await.unwrap();
+        let name = self.js.stream_by_subject(subject).await.unwrap();
+        let stream = self.js.get_stream(name).await.unwrap();
         let consumer = stream
             .create_consumer(pull::Config {
                 filter_subject: subject.to_owned(),
@@ -337,4 +338,261 @@ async fn bad_env_values_exit_78_with_one_line_and_no_secret() {
         };
         assert_config_error(BIN, &base, var, value.as_deref(), names, secret);
     }
+}
+
+/// The push durable the original connector leaves behind, made as its library (nats.go's
+/// legacy `js.Subscribe` with a durable name) makes it: a deliver subject, no deliver group,
+/// explicit acks, filter `TOPIC`, deliver all. Then the original's work on it: the ten
+/// messages `m0`…`m9` are pushed, `m0`…`m4` acknowledged, `m5` (and the rest) delivered and
+/// not acknowledged, and the subscription gone with the pod. Returns the deliver subject.
+async fn left_by_the_original(s: &Setup) -> String {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, push};
+    for i in 0..10 {
+        s.publish(&format!("m{i}"), &[]).await;
+    }
+    let stream = s.js.get_stream(&s.stream).await.unwrap();
+    let deliver = format!("_INBOX.{}", unique("orig"));
+    let client = s.js.client();
+    let mut sub = client.subscribe(deliver.clone()).await.unwrap();
+    stream
+        .create_consumer(push::Config {
+            durable_name: Some(s.consumer.clone()),
+            deliver_subject: deliver.clone(),
+            filter_subject: s.input.clone(),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let m = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&m.payload[..], format!("m{i}").as_bytes());
+        if i < 5 {
+            client
+                .publish(m.reply.unwrap(), "+ACK".into())
+                .await
+                .unwrap();
+        }
+    }
+    sub.unsubscribe().await.unwrap();
+    client.flush().await.unwrap();
+    // The acks have landed once the ack floor shows them.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let info = stream.consumer_info(&s.consumer).await.unwrap();
+        if info.ack_floor.stream_sequence == 5 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acks not seen: {info:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+    deliver
+}
+
+/// Waits until the durable has nothing pending and nothing unacknowledged.
+async fn drained(s: &Setup) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.consumer_state().await != (0, 0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            s.consumer_state().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn bodies(sink: &Sink) -> Vec<String> {
+    let mut b: Vec<String> = sink
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    b.sort();
+    b
+}
+
+const AFTER_THE_FLOOR: [&str; 5] = ["m5", "m6", "m7", "m8", "m9"];
+
+/// The swap: the push durable the original left keeps its position. Nothing acknowledged
+/// before is delivered again, nothing unacknowledged is skipped, and the durable is a pull
+/// durable of the same name afterwards.
+#[tokio::test]
+async fn push_durable_left_by_the_original_keeps_its_position() {
+    let s = setup().await;
+    left_by_the_original(&s).await;
+    let sink = Sink::start().await;
+    let mut proc = Process::start(BIN, &env(&s, &sink, &[]));
+    s.read(&s.response, 5).await;
+    drained(&s).await;
+    assert_eq!(
+        bodies(&sink),
+        AFTER_THE_FLOOR,
+        "exactly the unacknowledged ones"
+    );
+    proc.wait_log(
+        "replaced the push durable left by the original connector",
+        1,
+    )
+    .await;
+    let stream = s.js.get_stream(&s.stream).await.unwrap();
+    let info = stream.consumer_info(&s.consumer).await.unwrap();
+    assert!(info.config.deliver_subject.is_none(), "a pull durable now");
+    proc.stop().await;
+}
+
+/// Two replicas starting at once (a rolling update, KEDA scaling from zero) against the
+/// original's push durable: one replacement, every unacknowledged message answered once,
+/// neither replica stops.
+#[tokio::test]
+async fn two_replicas_racing_the_replacement_share_one_durable() {
+    let s = setup().await;
+    left_by_the_original(&s).await;
+    let sink = Sink::start().await;
+    let vars = env(&s, &sink, &[]);
+    let mut a = Process::start(BIN, &vars);
+    let mut b = Process::start(BIN, &vars);
+    s.read(&s.response, 5).await;
+    drained(&s).await;
+    assert_eq!(bodies(&sink), AFTER_THE_FLOOR, "each answered once");
+    for p in [&a, &b] {
+        p.wait_log("\"consuming\"", 1).await;
+        assert!(p.id().is_some(), "both replicas run: {}", p.logs());
+    }
+    // More work is shared by both through the one durable.
+    for i in 10..30 {
+        s.publish(&format!("m{i}"), &[]).await;
+    }
+    s.read(&s.response, 25).await;
+    drained(&s).await;
+    assert_eq!(sink.count(), 25);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The way back: `--restore-push` turns the pull durable into a push durable of the same name
+/// after its ack floor, the shape the original binds to; a push subscriber then gets exactly
+/// what arrived since this connector stopped.
+#[tokio::test]
+async fn restore_push_gives_the_original_its_durable_back_at_the_position() {
+    let s = setup().await;
+    left_by_the_original(&s).await;
+    let sink = Sink::start().await;
+    let vars = env(&s, &sink, &[]);
+    let mut proc = Process::start(BIN, &vars);
+    s.read(&s.response, 5).await;
+    drained(&s).await;
+    proc.stop().await;
+    for i in 10..13 {
+        s.publish(&format!("m{i}"), &[]).await;
+    }
+    let mut restore = Process::start_with_args(BIN, &["--restore-push"], &vars);
+    restore
+        .expect_exit(0, "the durable consumer is a push durable again")
+        .await;
+    let stream = s.js.get_stream(&s.stream).await.unwrap();
+    let info = stream.consumer_info(&s.consumer).await.unwrap();
+    let deliver = info.config.deliver_subject.clone().expect("a push durable");
+    assert_eq!(info.config.filter_subject, s.input);
+    assert_eq!(
+        info.config.ack_policy,
+        async_nats::jetstream::consumer::AckPolicy::Explicit
+    );
+    let client = s.js.client();
+    let mut sub = client.subscribe(deliver).await.unwrap();
+    for i in 10..13 {
+        let m = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            &m.payload[..],
+            format!("m{i}").as_bytes(),
+            "from the position on"
+        );
+        client
+            .publish(m.reply.unwrap(), "+ACK".into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    drained(&s).await;
+}
+
+/// A durable this connector would misuse is refused at start, naming the setting.
+#[tokio::test]
+async fn a_durable_on_another_subject_is_refused_naming_topic() {
+    let s = setup().await;
+    let stream = s.js.get_stream(&s.stream).await.unwrap();
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(s.consumer.clone()),
+            filter_subject: s.response.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let sink = Sink::start().await;
+    let mut proc = Process::start(BIN, &env(&s, &sink, &[]));
+    proc.expect_exit(1, "TOPIC: the durable consumer").await;
+}
+
+/// A changed `ACKWAIT` in the manifest takes effect on the existing durable at the next start,
+/// with nothing to delete by hand.
+#[tokio::test]
+async fn a_changed_ackwait_updates_the_durable() {
+    let s = setup().await;
+    let sink = Sink::start().await;
+    let mut first = Process::start(BIN, &env(&s, &sink, &[("ACKWAIT", "30s")]));
+    first.wait_log("\"consuming\"", 1).await;
+    first.stop().await;
+    let mut second = Process::start(BIN, &env(&s, &sink, &[("ACKWAIT", "45s")]));
+    second
+        .wait_log("updated the durable consumer's ack wait", 1)
+        .await;
+    let stream = s.js.get_stream(&s.stream).await.unwrap();
+    let info = stream.consumer_info(&s.consumer).await.unwrap();
+    assert_eq!(info.config.ack_wait, Duration::from_secs(45));
+    second.stop().await;
+}
+
+/// A response stream deleted while the connector runs does not turn into lost outcomes: the
+/// message stays unacknowledged and is answered once a stream captures the subject again.
+#[tokio::test]
+async fn a_response_stream_deleted_while_running_loses_nothing() {
+    let s = setup().await;
+    let out = unique("out");
+    let out_stream = stream::Config {
+        name: out.to_uppercase(),
+        subjects: vec![format!("{out}.>")],
+        ..Default::default()
+    };
+    s.js.create_stream(out_stream.clone()).await.unwrap();
+    let response = format!("{out}.resp");
+    let sink = Sink::start().await;
+    sink.respond(|r| Reply::status(200).body(r.body.clone()));
+    let mut proc = Process::start(BIN, &env(&s, &sink, &[("RESPONSE_TOPIC", &response)]));
+    proc.wait_log("\"consuming\"", 1).await;
+    s.js.delete_stream(&out.to_uppercase()).await.unwrap();
+    s.publish("kept", &[]).await;
+    sink.wait_for_requests(1, WAIT).await;
+    proc.wait_log("writing the outcome failed", 1).await;
+    let (_, ack_pending) = s.consumer_state().await;
+    assert_eq!(
+        ack_pending, 1,
+        "not acknowledged while its outcome cannot be written"
+    );
+    s.js.create_stream(out_stream).await.unwrap();
+    let got = s.read(&response, 1).await;
+    assert_eq!(&got[0].payload[..], b"kept");
+    drained(&s).await;
+    proc.stop().await;
 }
