@@ -106,6 +106,10 @@ pub struct Outbound<'a, M> {
     pub body: Bytes,
     /// The HTTP response headers (empty for error documents).
     pub headers: &'a HeaderMap,
+    /// The headers the request to the function carried, keys as the original stored them
+    /// (`KEDA-Topic`, ..., and the message's own); the original published them as the
+    /// attributes of a Pub/Sub error document.
+    pub request_headers: &'a HeaderSet,
     /// The source message.
     pub message: &'a Message,
     /// The source message's broker metadata.
@@ -288,6 +292,7 @@ impl Engine {
                             topic,
                             body: response.body,
                             headers: &response.headers,
+                            request_headers: &headers,
                             message: &message,
                             meta: &meta,
                         })
@@ -324,6 +329,7 @@ impl Engine {
                             topic,
                             body,
                             headers: &empty,
+                            request_headers: &headers,
                             message: &message,
                             meta: &meta,
                         })

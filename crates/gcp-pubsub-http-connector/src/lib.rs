@@ -282,6 +282,15 @@ fn attributes(headers: &http::HeaderMap) -> HashMap<String, String> {
     out
 }
 
+/// The spelling the original stored `key` under (`KEDA-Topic`, not the wire's `Keda-Topic`).
+fn stored_key(headers: &connector_core::headers::HeaderSet, key: &str) -> String {
+    headers
+        .sorted()
+        .into_iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map_or_else(|| key.to_owned(), |(k, _)| k.to_owned())
+}
+
 impl Publisher<()> for PubSubPublisher {
     async fn publish(&self, record: Outbound<'_, ()>) -> Result<(), BoxError> {
         let topic = match record.destination {
@@ -293,9 +302,19 @@ impl Publisher<()> for PubSubPublisher {
             .publishers
             .get(topic)
             .ok_or("no publisher for this topic")?;
+        // A response carries the function's response headers; an error document the request's
+        // headers (`KEDA-Topic`, ..., `Content-Type` and the message's own attributes), as the
+        // original published it, so subscriptions filtering on them see it.
+        let attributes = match record.destination {
+            Destination::Response => attributes(record.headers),
+            Destination::Error => attributes(&record.request_headers.to_header_map())
+                .into_iter()
+                .map(|(k, v)| (stored_key(record.request_headers, &k), v))
+                .collect(),
+        };
         let message = google_cloud_pubsub::model::Message::new()
             .set_data(record.body)
-            .set_attributes(attributes(record.headers));
+            .set_attributes(attributes);
         publisher.publish(message).await?;
         Ok(())
     }

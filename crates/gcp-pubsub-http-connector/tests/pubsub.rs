@@ -110,11 +110,35 @@ async fn failures_go_to_the_error_topic_and_are_acked() {
             Reply::status(200)
         }
     });
-    e.publish("source", b"bad-1", &[]).await;
+    e.publish("source", b"bad-1", &[("tenant", "a")]).await;
     e.publish("source", b"bad-2", &[]).await;
     let mut proc = Process::start(BIN, &env(&e, &sink, &[("MAX_RETRIES", "1")]));
     let errors = e.read("err-reader", 2).await;
     let mut messages = Vec::new();
+    for (data, attributes) in &errors {
+        // The original's attributes: the request's headers as it stored them, and the
+        // message's own attributes.
+        let doc: Value = serde_json::from_slice(data).unwrap();
+        let own = doc["FunctionHTTPRequest"]["Message"] == "bad-1";
+        for (key, value) in [
+            ("KEDA-Topic", "source"),
+            ("KEDA-Response-Topic", "responses"),
+            ("KEDA-Error-Topic", "errors"),
+            ("KEDA-Source-Name", "KEDAConnector"),
+            ("Content-Type", "application/json"),
+        ] {
+            assert_eq!(
+                attributes.get(key).map(String::as_str),
+                Some(value),
+                "{key}: {attributes:?}"
+            );
+        }
+        assert_eq!(
+            attributes.get("Tenant").map(String::as_str),
+            own.then_some("a"),
+            "{attributes:?}"
+        );
+    }
     for (data, _) in &errors {
         let doc: Value = serde_json::from_slice(data).unwrap();
         assert_eq!(doc["FunctionHTTPResponse"]["StatusCode"], 500);
