@@ -12,6 +12,7 @@ use aws_sdk_dynamodb::types::{
 use connector_core::aws::describe;
 use connector_core::{BoxError, ConnectError};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The checkpoint of a shard whose records have all been settled.
@@ -50,6 +51,34 @@ pub struct LeaseTable {
     table: String,
     prefix: String,
     worker: String,
+    /// The leases when the table cannot be used: this process's own, in memory (what the
+    /// original had), so this worker holds every shard and starts each at `INITIAL_POSITION`.
+    memory: Option<Arc<Mutex<BTreeMap<String, Lease>>>>,
+}
+
+/// Where checkpoints live, as decided at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checkpoints {
+    /// In `CHECKPOINT_TABLE`: kept across restarts, shards leased between replicas.
+    Persistent,
+    /// In memory, because the table cannot be used (the reason, for the log).
+    InMemory(String),
+}
+
+/// DynamoDB's refusal for lack of permission: `AccessDeniedException` (AWS answers 400 with
+/// it), or a bare 403 (what a proxy or an emulator enforcing IAM may answer).
+fn is_access_denied<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
+    e: &aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> bool {
+    match e {
+        aws_sdk_dynamodb::error::SdkError::ServiceError(s) => {
+            matches!(
+                s.err().code(),
+                Some("AccessDeniedException" | "UnrecognizedClientException")
+            ) || s.raw().status().as_u16() == 403
+        }
+        _ => false,
+    }
 }
 
 fn s(v: &str) -> AttributeValue {
@@ -72,7 +101,25 @@ impl LeaseTable {
             table: table.to_owned(),
             prefix: format!("{application}/{stream}/"),
             worker: worker.to_owned(),
+            memory: None,
         }
+    }
+
+    /// The same leases kept in this process's memory instead of the table.
+    pub fn in_memory(self) -> Self {
+        Self {
+            memory: Some(Arc::default()),
+            ..self
+        }
+    }
+
+    /// Runs `f` on the in-memory leases, when that is where they are.
+    fn with_memory<T>(&self, f: impl FnOnce(&mut BTreeMap<String, Lease>) -> T) -> Option<T> {
+        let memory = self.memory.as_ref()?;
+        let mut leases = memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(f(&mut leases))
     }
 
     /// This worker's id.
@@ -84,8 +131,17 @@ impl LeaseTable {
         s(&format!("{}{shard}", self.prefix))
     }
 
-    /// Creates the table (on-demand capacity) unless it exists, and waits until it is active.
-    pub async fn ensure_table(&self) -> Result<(), ConnectError> {
+    /// Creates the table (on-demand capacity) unless it exists, waits until it is active, and
+    /// checks that its items can be read. Without the permissions for that, the checkpoints are
+    /// kept in memory, as the original kept them: an identity made for the original has no
+    /// DynamoDB permission at all.
+    pub async fn ensure_table(&self) -> Result<Checkpoints, ConnectError> {
+        let denied = |action: &str, e: &dyn std::fmt::Display| {
+            Ok(Checkpoints::InMemory(format!(
+                "{action} on {}: {e}",
+                self.table
+            )))
+        };
         let described = self
             .client
             .describe_table()
@@ -94,6 +150,9 @@ impl LeaseTable {
             .await;
         match described {
             Ok(_) => {}
+            Err(e) if is_access_denied(&e) => {
+                return denied("dynamodb:DescribeTable", &describe(&e));
+            }
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_resource_not_found_exception()) =>
@@ -121,6 +180,9 @@ impl LeaseTable {
                     .send()
                     .await;
                 if let Err(e) = created {
+                    if is_access_denied(&e) {
+                        return denied("dynamodb:CreateTable", &describe(&e));
+                    }
                     // Another replica may have created it at the same moment.
                     let raced = e
                         .as_service_error()
@@ -159,7 +221,26 @@ impl LeaseTable {
                     format!("CHECKPOINT_TABLE {} is not active: {e}", self.table).into(),
                 )
             })?;
-        Ok(())
+        // Describing is not using: the items must be readable too.
+        let probe = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .limit(1)
+            .send()
+            .await;
+        match probe {
+            Ok(_) => Ok(Checkpoints::Persistent),
+            Err(e) if is_access_denied(&e) => denied("dynamodb:Scan", &describe(&e)),
+            Err(e) => Err(ConnectError::Retry(
+                format!(
+                    "cannot read CHECKPOINT_TABLE {}: {}",
+                    self.table,
+                    describe(&e)
+                )
+                .into(),
+            )),
+        }
     }
 
     /// Creates the lease of a shard unless it exists.
@@ -169,6 +250,18 @@ impl LeaseTable {
         parents: &[String],
         now_ms: i64,
     ) -> Result<(), BoxError> {
+        if let Some(()) = self.with_memory(|leases| {
+            leases.entry(shard.to_owned()).or_insert_with(|| Lease {
+                shard: shard.to_owned(),
+                owner: None,
+                counter: 0,
+                checkpoint: None,
+                parents: parents.to_vec(),
+                created_ms: now_ms,
+            });
+        }) {
+            return Ok(());
+        }
         let mut put = self
             .client
             .put_item()
@@ -191,6 +284,9 @@ impl LeaseTable {
 
     /// Every lease of this application and stream.
     pub async fn scan(&self) -> Result<Vec<Lease>, BoxError> {
+        if let Some(leases) = self.with_memory(|leases| leases.values().cloned().collect()) {
+            return Ok(leases);
+        }
         let mut leases = Vec::new();
         let mut start = None;
         loop {
@@ -216,6 +312,16 @@ impl LeaseTable {
 
     /// Takes `seen` if nobody changed it since it was read; returns the lease as now held.
     pub async fn take(&self, seen: &Lease) -> Result<Option<Lease>, BoxError> {
+        if let Some(taken) = self.with_memory(|leases| {
+            let lease = leases.get_mut(&seen.shard)?;
+            (lease.counter == seen.counter).then(|| {
+                lease.owner = Some(self.worker.clone());
+                lease.counter += 1;
+                lease.clone()
+            })
+        }) {
+            return Ok(taken);
+        }
         let mut update = self
             .client
             .update_item()
@@ -238,6 +344,15 @@ impl LeaseTable {
 
     /// Renews a held lease; returns the new counter, or `None` when it was taken by another.
     pub async fn renew(&self, shard: &str, counter: i64) -> Result<Option<i64>, BoxError> {
+        if let Some(renewed) = self.with_memory(|leases| {
+            let lease = leases.get_mut(shard)?;
+            (lease.owner.as_deref() == Some(&self.worker) && lease.counter == counter).then(|| {
+                lease.counter += 1;
+                lease.counter
+            })
+        }) {
+            return Ok(renewed);
+        }
         let out = self
             .client
             .update_item()
@@ -261,6 +376,15 @@ impl LeaseTable {
 
     /// Writes a checkpoint of a held lease; `false` when the lease is no longer ours.
     pub async fn checkpoint(&self, shard: &str, sequence: &str) -> Result<bool, BoxError> {
+        if let Some(written) = self.with_memory(|leases| match leases.get_mut(shard) {
+            Some(lease) if lease.owner.as_deref() == Some(&self.worker) => {
+                lease.checkpoint = Some(sequence.to_owned());
+                true
+            }
+            _ => false,
+        }) {
+            return Ok(written);
+        }
         let out = self
             .client
             .update_item()
@@ -283,6 +407,16 @@ impl LeaseTable {
 
     /// Gives a held lease up so another worker (or this one, restarted) can take it at once.
     pub async fn release(&self, shard: &str) -> Result<(), BoxError> {
+        if let Some(()) = self.with_memory(|leases| {
+            if let Some(lease) = leases.get_mut(shard)
+                && lease.owner.as_deref() == Some(&self.worker)
+            {
+                lease.owner = None;
+                lease.counter += 1;
+            }
+        }) {
+            return Ok(());
+        }
         let out = self
             .client
             .update_item()

@@ -30,7 +30,7 @@ use connector_core::{
     Acknowledger, BoxError, ConnectError, Connector, Delivery, DispatchEnd, DispatchOptions,
     Engine, Lane, Message, Outbound, Publisher, Source,
 };
-use lease::{Lease, LeaseTable, Observer, SHARD_END};
+use lease::{Checkpoints, Lease, LeaseTable, Observer, SHARD_END};
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -70,7 +70,7 @@ impl Connector for KinesisConnector {
         let config = Arc::new(self.config);
         let sdk = config.aws.load().await?;
         let kinesis = Client::new(&sdk);
-        let table = LeaseTable::new(
+        let mut table = LeaseTable::new(
             aws_sdk_dynamodb::Client::new(&sdk),
             &config.table,
             &config.application,
@@ -84,9 +84,30 @@ impl Connector for KinesisConnector {
                 table.ensure_table().await
             })
             .await?;
-        if ready.is_none() {
+        let Some(checkpoints) = ready else {
             return Ok(());
-        }
+        };
+        let mode = match checkpoints {
+            Checkpoints::Persistent => "dynamodb",
+            Checkpoints::InMemory(reason) => {
+                tracing::warn!(
+                    table = %config.table,
+                    reason = %reason,
+                    "no access to CHECKPOINT_TABLE: checkpoints are kept in memory, as the original connector kept them — a restart reads each shard again from INITIAL_POSITION, and every replica reads every shard; for persistent checkpoints and shard leases grant dynamodb:DescribeTable, CreateTable (or create the table, hash key lease_key, a string), PutItem, UpdateItem and Scan on it (picked up at the next start)"
+                );
+                engine.health().add_note(format!(
+                    "checkpoints: in memory (no access to {})",
+                    config.table
+                ));
+                table = table.in_memory();
+                "memory"
+            }
+        };
+        engine
+            .metrics()
+            .mode
+            .get_or_create(&vec![("checkpoints", mode)])
+            .set(1);
 
         let (tx, rx) = mpsc::unbounded_channel();
         let (requeue_tx, requeue_rx) = mpsc::unbounded_channel();

@@ -309,3 +309,69 @@ fn bad_env_values_exit_78_naming_the_variable() {
         assert_config_error(BIN, &base, var, value, var, "very-secret-key");
     }
 }
+
+const ALLOW_ALL: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
+/// What the original connector's identity needed: Kinesis only.
+const KINESIS_ONLY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kinesis:*","Resource":"*"}]}"#;
+/// DynamoDB data actions, but no `CreateTable` (and the table does not exist yet).
+const NO_CREATE_TABLE: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["kinesis:*","dynamodb:DescribeTable","dynamodb:PutItem","dynamodb:UpdateItem","dynamodb:GetItem","dynamodb:Scan"],"Resource":"*"}]}"#;
+const FULL_DYNAMODB: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["kinesis:*","dynamodb:*"],"Resource":"*"}]}"#;
+
+/// The swap with the original's identity (moto enforcing IAM): without DynamoDB permissions
+/// the records are delivered with checkpoints in memory, as the original kept them, said in
+/// one log line, on `/readyz` and in a metric; with them, persistent checkpoints as before.
+#[tokio::test]
+async fn an_identity_without_dynamodb_still_gets_its_records() {
+    let mut k = Kinesis::start().await;
+    streams(&k).await;
+    let users = [
+        ("kinesis-only", KINESIS_ONLY, "memory"),
+        ("no-create-table", NO_CREATE_TABLE, "memory"),
+        ("full-dynamodb", FULL_DYNAMODB, "dynamodb"),
+    ];
+    let mut keys = Vec::new();
+    for (name, policy, _) in users {
+        keys.push(k.moto.iam_user(name, policy).await);
+    }
+    let (admin_id, admin_secret) = k.moto.iam_user("test-admin", ALLOW_ALL).await;
+    k.moto.enforce_iam().await;
+    k.client = Client::new(&k.moto.sdk_config_as(&admin_id, &admin_secret));
+    let sink = Sink::start().await;
+    sink.respond(|r| Reply::status(200).body(r.body.clone()));
+    let mut answered = 0;
+    for ((name, _, mode), (id, secret)) in users.iter().zip(&keys) {
+        for shard in 0..2 {
+            k.put("events", shard, name, &format!("{name}-{shard}"))
+                .await;
+        }
+        let admin = connector_core::testkit::free_port();
+        let mut vars = env(&k, &sink, &[]);
+        vars.retain(|(key, _)| !key.starts_with("AWS_"));
+        vars.extend(k.moto.env_as(id, secret));
+        vars.push(("ADMIN_ADDR", format!("127.0.0.1:{admin}")));
+        let mut proc = Process::start(BIN, &vars);
+        proc.wait_log("\"ready\":true", 1).await;
+        answered += 2;
+        k.read_all("responses", answered).await;
+        let in_memory = proc.logs().contains("checkpoints are kept in memory");
+        assert_eq!(in_memory, *mode == "memory", "{name}: {}", proc.logs());
+        let (status, ready) = connector_core::testkit::http_get(admin, "/readyz").await;
+        assert_eq!(status, 200, "{name}");
+        assert_eq!(
+            ready.contains("checkpoints: in memory"),
+            *mode == "memory",
+            "{name}: {ready}"
+        );
+        let (_, metrics) = connector_core::testkit::http_get(admin, "/metrics").await;
+        assert!(
+            metrics.contains(&format!("keda_connector_mode{{checkpoints=\"{mode}\"}} 1")),
+            "{name}: {metrics}"
+        );
+        proc.stop().await;
+    }
+    assert!(
+        sink.requests().len() >= 6,
+        "every identity's records reached the function"
+    );
+}

@@ -72,7 +72,14 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Respons
             metrics.encode(),
         ),
         "/healthz" => probe(health.is_alive()),
-        "/readyz" => probe(health.is_ready()),
+        "/readyz" => {
+            let (status, content_type, mut body) = probe(health.is_ready());
+            for note in health.notes() {
+                body.push_str(&note);
+                body.push('\n');
+            }
+            (status, content_type, body)
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub publish_failures: Family<Labels, Counter>,
     /// Settlements by `action` (`ack`, `requeue`) and `result` (`ok`, `error`).
     pub settled: Family<Labels, Counter>,
+    /// Modes chosen at start, one label each (e.g. `checkpoints="memory"`), value 1.
+    pub mode: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -133,8 +135,15 @@ impl Metrics {
             "Acknowledgements and requeues sent to the broker",
             settled.clone(),
         );
+        let mode = Family::<Labels, Gauge>::default();
+        registry.register(
+            "mode",
+            "Operating modes chosen at start (label: what was chosen; value 1)",
+            mode.clone(),
+        );
         Self {
             registry,
+            mode,
             received,
             succeeded,
             failed,
@@ -160,6 +169,7 @@ impl Metrics {
 pub struct Health {
     alive: AtomicBool,
     ready: AtomicBool,
+    notes: std::sync::Mutex<Vec<String>>,
 }
 
 impl Health {
@@ -185,5 +195,20 @@ impl Health {
     /// Whether the source is connected and consuming.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+    /// Adds a line `/readyz` shows after its status: how the connector runs (e.g. checkpoints
+    /// kept in memory for lack of a permission).
+    pub fn add_note(&self, note: impl Into<String>) {
+        self.notes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(note.into());
+    }
+    /// The lines added with [`Health::add_note`].
+    pub fn notes(&self) -> Vec<String> {
+        self.notes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }

@@ -686,6 +686,26 @@ pub fn assert_config_error(
     assert!(out.stdout.is_empty(), "{var}: nothing on stdout");
 }
 
+/// A plain HTTP/1.0 `GET` of `path` on 127.0.0.1:`port` (an admin endpoint); returns
+/// (status, body).
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"));
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .expect("send the GET");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read the answer");
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// A name no other test (in this or an earlier run against the same broker) uses:
 /// `{prefix}-{pid}-{run stamp}-{counter}`, only `[A-Za-z0-9-]`.
 pub fn unique(prefix: &str) -> String {
@@ -762,6 +782,121 @@ impl Moto {
 
     /// An SDK configuration for the test's own clients (static test credentials).
     pub fn sdk_config(&self) -> aws_config::SdkConfig {
+        self.sdk_config_as("testing", "testing-secret-key")
+    }
+
+    /// The connector's environment, signing as the IAM user with these keys.
+    pub fn env_as(&self, key_id: &str, secret: &str) -> Vec<(&'static str, String)> {
+        let mut env = self.env();
+        env.retain(|(k, _)| !k.starts_with("AWS_ACCESS_KEY_ID") && *k != "AWS_SECRET_ACCESS_KEY");
+        env.push(("AWS_ACCESS_KEY_ID", key_id.to_owned()));
+        env.push(("AWS_SECRET_ACCESS_KEY", secret.to_owned()));
+        env
+    }
+
+    /// Creates IAM user `name` with the inline policy `policy` (a JSON policy document) and an
+    /// access key; returns (key id, secret). Call before [`Moto::enforce_iam`].
+    pub async fn iam_user(&self, name: &str, policy: &str) -> (String, String) {
+        let enc = |v: &str| {
+            v.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        };
+        let user = enc(name);
+        self.iam(&format!("Action=CreateUser&UserName={user}"))
+            .await;
+        self.iam(&format!(
+            "Action=PutUserPolicy&UserName={user}&PolicyName=p&PolicyDocument={}",
+            enc(policy)
+        ))
+        .await;
+        let created = self
+            .iam(&format!("Action=CreateAccessKey&UserName={user}"))
+            .await;
+        let field = |tag: &str| {
+            created
+                .split_once(&format!("<{tag}>"))
+                .and_then(|(_, rest)| rest.split_once(&format!("</{tag}>")))
+                .map(|(v, _)| v.to_owned())
+                .unwrap_or_else(|| panic!("no {tag} in CreateAccessKey's answer: {created}"))
+        };
+        (field("AccessKeyId"), field("SecretAccessKey"))
+    }
+
+    /// From now on every request must be allowed by the IAM policies of its signer (moto's
+    /// `reset-auth`).
+    pub async fn enforce_iam(&self) {
+        let (status, body) = self
+            .post(
+                "/moto-api/reset-auth",
+                "text/plain",
+                // The number of requests still allowed without a check.
+                "0",
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "moto reset-auth: {body}");
+    }
+
+    /// One IAM query-API call (unsigned: IAM is not enforced yet); returns the XML answer.
+    async fn iam(&self, form: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/",
+                "application/x-www-form-urlencoded",
+                &format!("{form}&Version=2010-05-08"),
+                Some("iam"),
+            )
+            .await;
+        assert_eq!(status, 200, "IAM {form}: {body}");
+        body
+    }
+
+    /// A POST to the server; `service` names the AWS service in the credential scope, which is
+    /// how the one moto server routes a request.
+    async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &str,
+        service: Option<&str>,
+    ) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = self.endpoint.rsplit(':').next().unwrap_or_default();
+        let mut s = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+            .await
+            .expect("connect to moto");
+        let auth = service
+            .map(|svc| {
+                format!(
+                    "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{svc}/aws4_request, SignedHeaders=host, Signature=0\r\n"
+                )
+            })
+            .unwrap_or_default();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{auth}\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("send to moto");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.expect("read from moto");
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// An SDK configuration for the test's own clients, signing with these keys.
+    pub fn sdk_config_as(&self, key_id: &str, secret: &str) -> aws_config::SdkConfig {
         use aws_config::{BehaviorVersion, Region};
         let http = aws_smithy_http_client::Builder::new().build_http();
         aws_config::SdkConfig::builder()
@@ -771,13 +906,7 @@ impl Moto {
             .http_client(http)
             .credentials_provider(
                 aws_credential_types::provider::SharedCredentialsProvider::new(
-                    aws_credential_types::Credentials::new(
-                        "testing",
-                        "testing-secret-key",
-                        None,
-                        None,
-                        "moto",
-                    ),
+                    aws_credential_types::Credentials::new(key_id, secret, None, None, "moto"),
                 ),
             )
             .build()

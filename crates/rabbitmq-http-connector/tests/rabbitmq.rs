@@ -3,7 +3,7 @@
 //! Start the broker with `rabbitmq-server -detached` if these fail to connect.
 
 use connector_core::testkit::{
-    Process, Reply, Sink, assert_config_error, free_port, unique, with_overrides,
+    Process, Reply, Sink, assert_config_error, free_port, http_get as get, unique, with_overrides,
 };
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -619,23 +619,6 @@ fn version_flag() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-}
-
-/// A plain HTTP/1.0 GET; returns (status, body).
-async fn get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn metric(text: &str, name: &str) -> f64 {
