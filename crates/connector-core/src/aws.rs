@@ -24,6 +24,9 @@ pub struct AwsSettings {
     /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` are unset and the Rust SDK does not.
     /// (key id, secret, session token).
     pub legacy_keys: Option<LegacyKeys>,
+    /// `HTTPS_PROXY` (`HTTP_PROXY` for an `http://` `AWS_ENDPOINT`) and `NO_PROXY`: Go's SDK
+    /// sent AWS calls through them, except to loopback addresses.
+    pub proxy: Option<(crate::proxy::Proxy, String)>,
 }
 
 impl AwsSettings {
@@ -79,19 +82,80 @@ impl AwsSettings {
                 }),
             _ => None,
         };
+        let https = endpoint
+            .as_deref()
+            .is_none_or(|e| !e.to_ascii_lowercase().starts_with("http://"));
+        let target: http::Uri = endpoint
+            .as_deref()
+            .and_then(|e| e.parse().ok())
+            .unwrap_or_else(|| http::Uri::from_static("https://amazonaws.com/"));
+        let rules = crate::proxy::ProxyRules::from_env(env, &target, &mut Vec::new())?;
+        let proxy = rules
+            .for_scheme(https)
+            .filter(|p| p.kind == crate::proxy::ProxyKind::Http)
+            .map(|p| (p.clone(), rules.no_proxy().to_owned()));
         Ok(Self {
             region,
             endpoint,
             legacy_keys,
+            proxy,
         })
+    }
+
+    /// The SDK's proxy settings for `proxy`: Go's loopback rule added to `NO_PROXY`.
+    fn proxy_config(
+        &self,
+        proxy: &crate::proxy::Proxy,
+        no_proxy: &str,
+    ) -> Result<aws_smithy_http_client::proxy::ProxyConfig, BoxError> {
+        use aws_smithy_http_client::proxy::ProxyConfig;
+        let https = self
+            .endpoint
+            .as_deref()
+            .is_none_or(|e| !e.to_ascii_lowercase().starts_with("http://"));
+        let uri = proxy.uri.to_string();
+        let config = if https {
+            ProxyConfig::https(uri.as_str())
+        } else {
+            ProxyConfig::http(uri.as_str())
+        };
+        let mut config = config.map_err(|e| format!("{}: {e}", proxy.var))?;
+        if let Some((user, password)) = &proxy.credentials {
+            config = config.with_basic_auth(user, password);
+        }
+        // Go never proxies loopback addresses.
+        let exempt = "localhost,127.0.0.0/8,::1";
+        Ok(config.no_proxy(if no_proxy.is_empty() {
+            exempt.to_owned()
+        } else {
+            format!("{no_proxy},{exempt}")
+        }))
     }
 
     /// Loads the SDK configuration. Fails when no region can be found anywhere, since every
     /// call would fail later with a less helpful message.
     pub async fn load(&self) -> Result<SdkConfig, BoxError> {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .build_https();
+        let http = match &self.proxy {
+            None => aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+                .build_https(),
+            Some((proxy, no_proxy)) => {
+                let config = self.proxy_config(proxy, no_proxy)?;
+                aws_smithy_http_client::Builder::new().build_with_connector_fn(
+                    move |settings, components| {
+                        let mut connector = aws_smithy_http_client::Connector::builder();
+                        connector.set_connector_settings(settings.cloned());
+                        if let Some(components) = components {
+                            connector.set_sleep_impl(components.sleep_impl());
+                        }
+                        connector
+                            .proxy_config(config.clone())
+                            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+                            .build()
+                    },
+                )
+            }
+        };
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
         if let Some(region) = &self.region {
             loader = loader.region(Region::new(region.clone()));

@@ -195,6 +195,17 @@ impl ProxyRules {
         })
     }
 
+    /// The proxy for `https` (or `http`) URLs before `NO_PROXY` and the loopback rule, for
+    /// clients that apply those themselves.
+    pub fn for_scheme(&self, https: bool) -> Option<&Proxy> {
+        if https { &self.https } else { &self.http }.as_ref()
+    }
+
+    /// `NO_PROXY` as given.
+    pub fn no_proxy(&self) -> &str {
+        &self.no_proxy
+    }
+
     /// The proxy for a call to `uri`, or `None` for a direct connection.
     pub fn for_uri(&self, uri: &Uri) -> Option<&Proxy> {
         let https = uri.scheme_str() == Some("https");

@@ -35,6 +35,11 @@ pub struct PubSubConfig {
     pub credentials: Credentials,
     /// `MAX_IN_FLIGHT`: messages held at once (also the stream's flow control).
     pub max_in_flight: usize,
+    /// Whether the destination topics can be checked at start. The check is a REST call,
+    /// whose HTTP client takes `HTTP(S)_PROXY` even for a loopback emulator, where the
+    /// original's gRPC went direct (Go never proxies loopback); with a proxy set and the
+    /// emulator on loopback it is left out.
+    pub check_topics: bool,
 }
 
 impl PubSubConfig {
@@ -62,7 +67,22 @@ impl PubSubConfig {
             t.as_deref()
                 .and_then(|t| full_name(t, "topics", project.as_deref()))
         };
+        let loopback_emulator = match &credentials {
+            Credentials::Emulator(host) => {
+                let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+                let name = name.trim_start_matches('[').trim_end_matches(']');
+                name == "localhost"
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            _ => false,
+        };
+        let proxy_set = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"]
+            .iter()
+            .any(|v| vars.optional(v).is_some());
         Ok(Self {
+            check_topics: !(loopback_emulator && proxy_set),
             response_topic: topic(&settings.common.response_topic),
             error_topic: topic(&settings.common.error_topic),
             subscription,

@@ -67,6 +67,7 @@ impl Connector for PubSubConnector {
             ("ERROR_TOPIC", &config.error_topic),
         ] {
             if let Some(topic) = topic
+                && config.check_topics
                 && let Err(e) = admin.get_topic().set_topic(topic.clone()).send().await
             {
                 // The original only ever published, so an identity with the Publisher role

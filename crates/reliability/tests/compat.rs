@@ -8,7 +8,7 @@
 //! Every kind runs as its own test, so the brokers are exercised in parallel.
 
 use broker_fixtures::{Fixture, Kind};
-use connector_core::testkit::{Process, Reply, Sink};
+use connector_core::testkit::{ForwardProxy, Process, Reply, Sink};
 use reliability::{Collector, binary, env, fixture};
 
 /// What a form must do.
@@ -382,8 +382,18 @@ async fn kafka_forms_the_original_accepts() {
     .await;
 }
 
+/// Proxy variables that point nowhere: broker traffic to loopback must never use them (Go's
+/// rule), so a connector that honoured them wrongly could not start.
+const DEAD_PROXIES: [(&str, &str); 2] = [
+    ("HTTP_PROXY", "http://127.0.0.1:9"),
+    ("HTTPS_PROXY", "http://127.0.0.1:9"),
+];
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqs_forms_the_original_accepts() {
+    // AWS calls to a name that is not loopback go through HTTP_PROXY, as Go's SDK sent them.
+    let proxy = ForwardProxy::start().await;
+    let proxy_url = format!("http://{}", proxy.addr());
     run(Kind::Sqs, |fx| {
         let queue_url = value(fx, "QUEUE_URL");
         let topic = value(fx, "TOPIC");
@@ -426,6 +436,22 @@ async fn sqs_forms_the_original_accepts() {
                 Expect::Delivers,
             ),
             form(
+                &DEAD_PROXIES,
+                "proxies set, loopback endpoint: direct",
+                Expect::Delivers,
+            ),
+            form(
+                &[
+                    (
+                        "AWS_ENDPOINT",
+                        &endpoint.replace("127.0.0.1", "aws-endpoint.test"),
+                    ),
+                    ("HTTP_PROXY", &proxy_url),
+                ],
+                "a named endpoint through HTTP_PROXY",
+                Expect::Delivers,
+            ),
+            form(
                 &[
                     ("AWS_ACCESS_KEY_ID", ""),
                     ("AWS_SECRET_ACCESS_KEY", ""),
@@ -438,6 +464,14 @@ async fn sqs_forms_the_original_accepts() {
         ]
     })
     .await;
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .any(|r| r.target.contains("aws-endpoint.test")),
+        "the named endpoint's calls went through the proxy: {:?}",
+        proxy.seen()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -451,6 +485,7 @@ async fn kinesis_forms_the_original_accepts() {
                 "an endpoint with a trailing slash",
                 Expect::Delivers,
             ),
+            form(&DEAD_PROXIES, "proxies set, loopback endpoint: direct", Expect::Delivers),
             form(
                 &[("TOPIC", "no-such-stream")],
                 "a stream that does not exist",
@@ -494,6 +529,14 @@ async fn pubsub_forms_the_original_accepts() {
                 Expect::Refuses("SUBSCRIPTION_NAME"),
             ),
         ]
+    })
+    .await;
+    run(Kind::PubSub, |_| {
+        vec![form(
+            &DEAD_PROXIES,
+            "proxies set, emulator on loopback: direct",
+            Expect::Delivers,
+        )]
     })
     .await;
 }
