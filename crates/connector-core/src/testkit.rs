@@ -698,8 +698,16 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
         .expect("send the GET");
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read the answer");
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out
+    status_and_body(&out)
+}
+
+/// The status and body of a whole HTTP/1 response read to the end of its connection.
+fn status_and_body(response: &str) -> (u16, String) {
+    let status = response
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
@@ -886,13 +894,7 @@ impl Moto {
         s.write_all(req.as_bytes()).await.expect("send to moto");
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.expect("read from moto");
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        status_and_body(&String::from_utf8_lossy(&raw))
     }
 
     /// An SDK configuration for the test's own clients, signing with these keys.

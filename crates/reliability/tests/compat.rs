@@ -485,7 +485,11 @@ async fn kinesis_forms_the_original_accepts() {
                 "an endpoint with a trailing slash",
                 Expect::Delivers,
             ),
-            form(&DEAD_PROXIES, "proxies set, loopback endpoint: direct", Expect::Delivers),
+            form(
+                &DEAD_PROXIES,
+                "proxies set, loopback endpoint: direct",
+                Expect::Delivers,
+            ),
             form(
                 &[("TOPIC", "no-such-stream")],
                 "a stream that does not exist",
