@@ -446,6 +446,15 @@ async fn push_durable_left_by_the_original_keeps_its_position() {
     let stream = s.js.get_stream(&s.stream).await.unwrap();
     let info = stream.consumer_info(&s.consumer).await.unwrap();
     assert!(info.config.deliver_subject.is_none(), "a pull durable now");
+    // The position was written down for racing replicas: the marker starts at it.
+    let marker = stream
+        .consumer_info(nats_jetstream_http_connector::marker_name(&s.consumer))
+        .await
+        .expect("the position marker");
+    assert_eq!(
+        marker.config.deliver_policy,
+        async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: 6 }
+    );
     proc.stop().await;
 }
 
