@@ -76,7 +76,7 @@ impl KafkaConfig {
                 .map(str::to_owned)
                 .collect()
         };
-        let brokers = match (
+        let (var, brokers) = match (
             vars.optional_trimmed("BOOTSTRAP_SERVERS"),
             vars.optional_trimmed("BROKER_LIST"),
         ) {
@@ -86,12 +86,32 @@ impl KafkaConfig {
                     "cannot be combined with BROKER_LIST (deprecated; KEDA's brokerList): set only one",
                 ));
             }
-            (Some(b), None) => list(b),
-            (None, Some(b)) => list(b),
+            (Some(b), None) => ("BOOTSTRAP_SERVERS", list(b)),
+            (None, Some(b)) => ("BROKER_LIST", list(b)),
             (None, None) => return Err(ConfigError::missing("BOOTSTRAP_SERVERS")),
         };
         if brokers.is_empty() {
             return Err(ConfigError::missing("BOOTSTRAP_SERVERS"));
+        }
+        // An entry that can never be dialled (a scheme, spaces or `;` inside, a port that is no
+        // number) made the original exit at start ("run out of available brokers"); here it would
+        // only leave the connector never ready, so it is refused, naming the variable. A host
+        // without a port is librdkafka's 9092.
+        for entry in &brokers {
+            let port_ok = entry
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if entry.contains("://")
+                || entry.contains(char::is_whitespace)
+                || entry.contains(';')
+                || !port_ok
+            {
+                return Err(ConfigError::invalid(
+                    var,
+                    "comma-separated host:port entries such as kafka-0:9092,kafka-1:9092",
+                    entry,
+                ));
+            }
         }
         // Verbatim, as the original: a group name is an identity, and " grp" is not "grp" to
         // the broker (trimming would join another group and lose the committed offsets).
@@ -329,6 +349,22 @@ mod tests {
         for (extra, var) in [
             (vec![("BROKER_LIST", "x:1")], "BOOTSTRAP_SERVERS"),
             (vec![("BOOTSTRAP_SERVERS", " , ")], "BOOTSTRAP_SERVERS"),
+            (
+                vec![("BOOTSTRAP_SERVERS", "SSL://k:9093")],
+                "BOOTSTRAP_SERVERS",
+            ),
+            (
+                vec![("BOOTSTRAP_SERVERS", "a:9092 b:9092")],
+                "BOOTSTRAP_SERVERS",
+            ),
+            (
+                vec![("BOOTSTRAP_SERVERS", "a:9092;b:9092")],
+                "BOOTSTRAP_SERVERS",
+            ),
+            (
+                vec![("BOOTSTRAP_SERVERS", "a:http9092")],
+                "BOOTSTRAP_SERVERS",
+            ),
             (vec![("CONSUMER_GROUP", "")], "CONSUMER_GROUP"),
             (
                 vec![("OFFSET_RESET_POLICY", "oldest")],
