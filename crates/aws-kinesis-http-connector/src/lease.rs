@@ -243,6 +243,67 @@ impl LeaseTable {
         }
     }
 
+    /// What [`LeaseTable::ensure_table`] would find, for `--check`: creates nothing.
+    pub async fn inspect(&self) -> connector_core::check::Check {
+        use connector_core::check::Check;
+        let var = Some("CHECKPOINT_TABLE");
+        let memory = |action: &str, e: String| {
+            Check::warn(
+                "checkpoints",
+                var,
+                format!(
+                    "no {action} on {}: checkpoints would be kept in memory, as the original kept them ({e})",
+                    self.table
+                ),
+            )
+        };
+        match self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_access_denied(&e) => {
+                return memory("dynamodb:DescribeTable", describe(&e));
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                // Whether CreateTable is allowed cannot be seen without creating it.
+                return Check::warn(
+                    "checkpoints",
+                    var,
+                    format!(
+                        "table {} does not exist: the first start creates it where dynamodb:CreateTable is allowed, else keeps checkpoints in memory",
+                        self.table
+                    ),
+                );
+            }
+            Err(e) => {
+                return Check::fail(
+                    "checkpoints",
+                    var,
+                    format!("cannot read table {}: {}", self.table, describe(&e)),
+                );
+            }
+        }
+        match self.scan().await {
+            Ok(leases) => Check::ok(
+                "checkpoints",
+                var,
+                format!(
+                    "table {}: {} shard leases of this trigger; the first start goes on from their checkpoints",
+                    self.table,
+                    leases.len()
+                ),
+            ),
+            Err(e) => memory("dynamodb:Scan", e.to_string()),
+        }
+    }
+
     /// Creates the lease of a shard unless it exists.
     pub async fn create(
         &self,

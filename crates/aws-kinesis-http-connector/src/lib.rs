@@ -23,6 +23,7 @@ use aws_sdk_kinesis::primitives::{Blob, DateTime};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
 use connector_core::aws::describe;
+use connector_core::check::Check;
 use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::telemetry::Health;
 use connector_core::tracker::SettleTracker;
@@ -64,6 +65,61 @@ impl Connector for KinesisConnector {
             max_in_flight: 1 << 20,
             lane_concurrency: 1,
         }
+    }
+
+    async fn check(&self, engine: &Engine) -> Vec<Check> {
+        let config = &self.config;
+        let sdk = match config.aws.load().await {
+            Ok(sdk) => sdk,
+            Err(e) => return vec![Check::fail("broker", Some("AWS_REGION"), e.to_string())],
+        };
+        let kinesis = Client::new(&sdk);
+        let common = &engine.settings().common;
+        let streams = [
+            ("source", "TOPIC", Some(&common.topic)),
+            (
+                "responses",
+                "RESPONSE_TOPIC",
+                common.response_topic.as_ref(),
+            ),
+            ("errors", "ERROR_TOPIC", common.error_topic.as_ref()),
+        ];
+        let mut checks = Vec::new();
+        for (what, var, name) in streams {
+            let Some(name) = name else { continue };
+            checks.push(
+                match kinesis
+                    .describe_stream_summary()
+                    .stream_name(name)
+                    .send()
+                    .await
+                {
+                    Ok(out) => Check::ok(
+                        what,
+                        Some(var),
+                        format!(
+                            "stream {name:?}: {} open shards",
+                            out.stream_description_summary()
+                                .map_or(0, |d| d.open_shard_count())
+                        ),
+                    ),
+                    Err(e) => Check::fail(
+                        what,
+                        Some(var),
+                        format!("stream {name:?}: {}", describe(&e)),
+                    ),
+                },
+            );
+        }
+        let table = LeaseTable::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            &config.table,
+            &config.application,
+            &config.stream,
+            &config.worker_id,
+        );
+        checks.push(table.inspect().await);
+        checks
     }
 
     async fn run(self, engine: Engine) -> Result<(), BoxError> {

@@ -350,6 +350,27 @@ async fn an_identity_without_dynamodb_still_gets_its_records() {
         vars.retain(|(key, _)| !key.starts_with("AWS_"));
         vars.extend(k.moto.env_as(id, secret));
         vars.push(("ADMIN_ADDR", format!("127.0.0.1:{admin}")));
+        // The preflight says beforehand what the start will do with these permissions.
+        let checked = std::process::Command::new(BIN)
+            .arg("--check")
+            .env_clear()
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&checked.stdout);
+        assert_eq!(checked.status.code(), Some(0), "{name}: {report}");
+        // Without DescribeTable it can tell; a missing table it can only announce.
+        let expected = if *name == "kinesis-only" {
+            "no dynamodb:DescribeTable"
+        } else {
+            "does not exist"
+        };
+        assert!(
+            report.lines().any(|l| l.starts_with("warn")
+                && l.contains("(CHECKPOINT_TABLE)")
+                && l.contains(expected)),
+            "{name}: {report}"
+        );
         let mut proc = Process::start(BIN, &vars);
         proc.wait_log("\"ready\":true", 1).await;
         answered += 2;
@@ -370,6 +391,24 @@ async fn an_identity_without_dynamodb_still_gets_its_records() {
         );
         proc.stop().await;
     }
+    // With the table in place, the preflight sees the leases the last start wrote.
+    let (id, secret) = &keys[2];
+    let mut vars = env(&k, &sink, &[]);
+    vars.retain(|(key, _)| !key.starts_with("AWS_"));
+    vars.extend(k.moto.env_as(id, secret));
+    let checked = std::process::Command::new(BIN)
+        .arg("--check")
+        .env_clear()
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        report.lines().any(|l| l.starts_with("ok")
+            && l.contains("(CHECKPOINT_TABLE)")
+            && l.contains("shard leases")),
+        "{report}"
+    );
     assert!(
         sink.requests().len() >= 6,
         "every identity's records reached the function"

@@ -21,6 +21,7 @@ use aws_sdk_sqs::types::{
 };
 use bytes::Bytes;
 use connector_core::aws::describe;
+use connector_core::check::Check;
 use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::headers::canonical_key;
 use connector_core::telemetry::Health;
@@ -62,6 +63,50 @@ impl Connector for SqsConnector {
             max_in_flight: self.config.max_in_flight,
             lane_concurrency: 1,
         }
+    }
+
+    async fn check(&self, _engine: &Engine) -> Vec<Check> {
+        let config = &self.config;
+        let sdk = match config.aws.load().await {
+            Ok(sdk) => sdk,
+            Err(e) => return vec![Check::fail("broker", Some("AWS_REGION"), e.to_string())],
+        };
+        let client = Client::new(&sdk);
+        let mut checks = Vec::new();
+        let queues = [
+            ("source", "TOPIC", Some(&config.source)),
+            ("responses", "RESPONSE_TOPIC", config.response.as_ref()),
+            ("errors", "ERROR_TOPIC", config.error.as_ref()),
+        ];
+        for (what, var, queue) in queues {
+            let Some(queue) = queue else { continue };
+            let looked = async {
+                let url = resolve(&client, queue, var).await?;
+                let attrs = client
+                    .get_queue_attributes()
+                    .queue_url(&url)
+                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        let missing = e.as_service_error().map(|s| s.is_queue_does_not_exist());
+                        classify(describe(&e), missing, var)
+                    })?;
+                let waiting = attrs
+                    .attributes()
+                    .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+                    .cloned()
+                    .unwrap_or_else(|| "?".to_owned());
+                Ok::<_, ConnectError>(format!("queue {url}: about {waiting} messages waiting"))
+            };
+            checks.push(match looked.await {
+                Ok(detail) => Check::ok(what, Some(var), detail),
+                Err(ConnectError::Fatal(e) | ConnectError::Retry(e)) => {
+                    Check::fail(what, Some(var), e.to_string())
+                }
+            });
+        }
+        checks
     }
 
     async fn run(self, engine: Engine) -> Result<(), BoxError> {

@@ -2,6 +2,7 @@
 //! signals, the admin listener, and the connector's run.
 
 use crate::admin::AdminServer;
+use crate::check::Check;
 use crate::config::{ConfigError, Env, ProcessEnv, Settings};
 use crate::dispatch::BoxError;
 use crate::engine::{DispatchOptions, Engine};
@@ -36,6 +37,15 @@ pub trait Connector: Sized + Send + 'static {
 
     /// Connects, dispatches, reconnects as needed; returns after shutdown has been handled.
     fn run(self, engine: Engine) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// `--check`: looks at the broker as the first start would find it — the source, the
+    /// destinations, the consumer state it would bind and what it would do with it — without
+    /// consuming, creating or moving anything. The configuration and `HTTP_ENDPOINT` are
+    /// checked by the library; a connector without broker checks reports none.
+    fn check(&self, engine: &Engine) -> impl Future<Output = Vec<Check>> + Send {
+        let _ = engine;
+        std::future::ready(Vec::new())
+    }
 }
 
 /// Reads all configuration for `C` from `env`.
@@ -55,11 +65,26 @@ pub fn main<C: Connector>() -> ExitCode {
                 println!("{} {} (revision {REVISION})", C::NAME, C::VERSION);
                 return ExitCode::SUCCESS;
             }
+            Some("--check") => {
+                let json = match args.next() {
+                    None => false,
+                    Some(a) if a == "--json" => true,
+                    Some(other) => {
+                        eprintln!(
+                            "{}: unexpected argument {other:?} after --check (only --json)",
+                            C::NAME
+                        );
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                };
+                return check::<C>(json);
+            }
             Some("--help" | "-h") => {
                 println!(
                     "{} {}\n\nTakes no arguments: configuration is read from environment variables \
                      (TOPIC, HTTP_ENDPOINT, MAX_RETRIES, CONTENT_TYPE, ...); see the README.\n\
-                     Options: --version, --help",
+                     Options: --version, --help, --check [--json] (what a start with this \
+                     environment would find, without consuming anything)",
                     C::NAME,
                     C::VERSION
                 );
@@ -77,6 +102,38 @@ pub fn main<C: Connector>() -> ExitCode {
     }
 
     run_task::<C, _, _>(|settings, connector| run(connector, settings))
+}
+
+/// `--check [--json]`: the configuration, the endpoint and the connector's broker checks,
+/// reported on stdout; exit 0 when none failed, 1 when one did, 78 when the configuration is
+/// refused.
+fn check<C: Connector>(json: bool) -> ExitCode {
+    if let Err(e) = configure::<C>(&ProcessEnv) {
+        let line = Check::fail("configuration", Some(e.var()), e.to_string());
+        crate::check::report(&[line], json);
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    run_task::<C, _, _>(move |settings, connector| async move {
+        let mut checks = vec![Check::ok(
+            "configuration",
+            None,
+            format!("accepted as a start would ({} {})", C::NAME, C::VERSION),
+        )];
+        checks.push(crate::check::endpoint(&settings).await);
+        let options = connector.dispatch_options();
+        let engine = Engine::new(
+            settings,
+            C::HEADERS,
+            options,
+            &format!("{}/{}", C::NAME, C::VERSION),
+        );
+        checks.extend(connector.check(&engine).await);
+        if crate::check::report(&checks, json) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_FAILURE)
+        }
+    })
 }
 
 /// Runs `task` the way a connector starts: the configuration read from the environment as a

@@ -89,30 +89,6 @@ impl Invoker {
         user_agent: &str,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions");
-        let tls = if settings.insecure_skip_verify {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-                .with_no_client_auth()
-        } else {
-            let mut roots = rustls::RootCertStore::empty();
-            let native = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-            let (own, _) = roots.add_parsable_certificates(settings.ca_certs.iter().cloned());
-            if added + own == 0 && common.endpoint_uri.scheme_str() == Some("https") {
-                tracing::warn!(
-                    "no CA certificates found on this system and no HTTP_CA_FILE; https endpoints will fail verification"
-                );
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
         let proxy_rules = Arc::new(settings.proxy.clone());
         if let Some(proxy) = settings.proxy.for_uri(&common.endpoint_uri) {
             tracing::info!(
@@ -121,11 +97,7 @@ impl Invoker {
                 "calls to HTTP_ENDPOINT go through a proxy"
             );
         }
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(ProxyConnector::new(http, proxy_rules.clone()));
+        let https = connector(common, settings, proxy_rules.clone());
         let client = Client::builder(TokioExecutor::new())
             // The original's Go client wrote canonical names (`Keda-Topic`); so do we.
             .http1_title_case_headers(true)
@@ -558,6 +530,46 @@ fn request_uri(uri: &Uri) -> String {
     }
 }
 
+/// What opens connections to the endpoint: TCP (through the proxy the rules pick), then TLS
+/// for https, verified against the system's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR`) and
+/// `HTTP_CA_FILE`, or not at all with `HTTP_TLS_INSECURE_SKIP_VERIFY`. Used by the invoker,
+/// and by `--check` to connect and handshake without sending a request.
+pub fn connector(
+    common: &CommonConfig,
+    settings: &HttpSettings,
+    proxy_rules: Arc<crate::proxy::ProxyRules>,
+) -> hyper_rustls::HttpsConnector<ProxyConnector> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let tls = if settings.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        let (own, _) = roots.add_parsable_certificates(settings.ca_certs.iter().cloned());
+        if added + own == 0 && common.endpoint_uri.scheme_str() == Some("https") {
+            tracing::warn!(
+                "no CA certificates found on this system and no HTTP_CA_FILE; https endpoints will fail verification"
+            );
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(ProxyConnector::new(http, proxy_rules))
+}
+
 /// `Basic base64(user:password)` for an endpoint URL with user information (percent-decoded;
 /// `user:` without a password), the header Go's client added for such a URL.
 fn endpoint_basic_auth(uri: &Uri) -> Option<HeaderValue> {
@@ -605,7 +617,8 @@ fn status_class(status: StatusCode) -> &'static str {
 
 /// An error with its causes, one line: hyper's top-level errors alone say little
 /// ("client error (Connect)").
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its sources, `outer: inner: innermost`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {

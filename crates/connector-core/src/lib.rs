@@ -163,6 +163,7 @@ pub mod app;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod backoff;
+pub mod check;
 pub mod config;
 pub mod dispatch;
 pub mod engine;

@@ -12,6 +12,7 @@ mod config;
 
 pub use config::{Credentials, PubSubConfig};
 
+use connector_core::check::Check;
 use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::headers::canonical_key;
 use connector_core::{
@@ -47,6 +48,88 @@ impl Connector for PubSubConnector {
             // Messages with an ordering key run one at a time per key, in order.
             lane_concurrency: 1,
         }
+    }
+
+    async fn check(&self, _engine: &Engine) -> Vec<Check> {
+        let config = &self.config;
+        if !config.check_topics {
+            return vec![Check::warn(
+                "broker",
+                Some("PUBSUB_EMULATOR_HOST"),
+                "the subscription and topics are looked at over REST, which would go through the proxy set for a loopback emulator: not checked",
+            )];
+        }
+        let (endpoint, credentials) = match client_options(&config.credentials) {
+            Ok(o) => o,
+            Err(e) => {
+                return vec![Check::fail(
+                    "broker",
+                    Some("GOOGLE_APPLICATION_CREDENTIALS"),
+                    e.to_string(),
+                )];
+            }
+        };
+        let mut topics = TopicAdmin::builder();
+        let mut subscriptions = google_cloud_pubsub::client::SubscriptionAdmin::builder();
+        if let Some(e) = &endpoint {
+            topics = topics.with_endpoint(e.clone());
+            subscriptions = subscriptions.with_endpoint(e.clone());
+        }
+        if let Some(c) = &credentials {
+            topics = topics.with_credentials(c.clone());
+            subscriptions = subscriptions.with_credentials(c.clone());
+        }
+        let (topics, subscriptions) = match (topics.build().await, subscriptions.build().await) {
+            (Ok(t), Ok(s)) => (t, s),
+            (Err(e), _) | (_, Err(e)) => {
+                return vec![Check::fail(
+                    "broker",
+                    None,
+                    format!("cannot make a Pub/Sub client: {e}"),
+                )];
+            }
+        };
+        let mut checks = Vec::new();
+        checks.push(
+            match subscriptions
+                .get_subscription()
+                .set_subscription(config.subscription.clone())
+                .send()
+                .await
+            {
+                Ok(s) => Check::ok(
+                    "source",
+                    Some("SUBSCRIPTION_NAME"),
+                    format!(
+                        "subscription {} on topic {}, ack deadline {} s",
+                        config.subscription, s.topic, s.ack_deadline_seconds
+                    ),
+                ),
+                Err(e) => Check::fail(
+                    "source",
+                    Some("SUBSCRIPTION_NAME"),
+                    format!("subscription {}: {e}", config.subscription),
+                ),
+            },
+        );
+        for (what, var, topic) in [
+            ("responses", "RESPONSE_TOPIC", &config.response_topic),
+            ("errors", "ERROR_TOPIC", &config.error_topic),
+        ] {
+            let Some(topic) = topic else { continue };
+            checks.push(match topics.get_topic().set_topic(topic.clone()).send().await {
+                Ok(_) => Check::ok(what, Some(var), format!("topic {topic} exists")),
+                Err(e)
+                    if e.status().is_some_and(|s| {
+                        s.code == google_cloud_gax::error::rpc::Code::PermissionDenied
+                    }) =>
+                {
+                    Check::warn(what, Some(var), format!("topic {topic}: cannot be checked without pubsub.topics.get; publishing will tell"))
+                }
+                Err(e) => Check::fail(what, Some(var), format!("topic {topic}: {e}")),
+            });
+        }
+        checks
     }
 
     async fn run(self, engine: Engine) -> Result<(), BoxError> {

@@ -12,6 +12,7 @@ mod config;
 
 pub use config::{KafkaConfig, Sasl};
 
+use connector_core::check::Check;
 use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::headers::canonical_key;
 use connector_core::telemetry::Health;
@@ -51,6 +52,95 @@ impl Connector for KafkaConnector {
         DispatchOptions {
             max_in_flight: self.config.max_in_flight,
             lane_concurrency: self.config.partition_concurrency,
+        }
+    }
+
+    async fn check(&self, engine: &Engine) -> Vec<Check> {
+        let common = &engine.settings().common;
+        let mut wanted = vec![("source", "TOPIC", common.topic.clone())];
+        wanted.extend(
+            common
+                .response_topic
+                .clone()
+                .map(|t| ("responses", "RESPONSE_TOPIC", t)),
+        );
+        wanted.extend(
+            common
+                .error_topic
+                .clone()
+                .map(|t| ("errors", "ERROR_TOPIC", t)),
+        );
+        let mut c = client_config(&self.config);
+        // A consumer that never subscribes joins no group: reading the group's committed
+        // offsets (OffsetFetch) moves nothing.
+        c.set("group.id", &self.config.group);
+        apply_properties(&mut c, &self.config);
+        let group = self.config.group.clone();
+        let reset = self.config.offset_reset;
+        let looked = tokio::task::spawn_blocking(move || -> Result<Vec<Check>, String> {
+            let consumer: rdkafka::consumer::BaseConsumer =
+                c.create().map_err(|e| e.to_string())?;
+            let mut checks = Vec::new();
+            let mut source_partitions = None;
+            for (what, var, topic) in wanted {
+                let metadata = consumer
+                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                    .map_err(|e| format!("cannot reach the brokers: {e}"))?;
+                let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                    continue;
+                };
+                if t.error().is_some() {
+                    checks.push(Check::fail(what, Some(var), format!("topic {topic:?} does not exist")));
+                    continue;
+                }
+                let n = t.partitions().len();
+                checks.push(Check::ok(what, Some(var), format!("topic {topic:?} with {n} partitions")));
+                if var == "TOPIC" {
+                    source_partitions = Some((topic.clone(), n));
+                }
+            }
+            if let Some((topic, n)) = source_partitions {
+                let mut tpl = TopicPartitionList::new();
+                for p in 0..n as i32 {
+                    tpl.add_partition(&topic, p);
+                }
+                let committed = consumer
+                    .committed_offsets(tpl, Duration::from_secs(10))
+                    .map_err(|e| format!("cannot read the group's committed offsets: {e}"))?;
+                let with = committed
+                    .elements()
+                    .iter()
+                    .filter(|e| matches!(e.offset(), rdkafka::Offset::Offset(_)))
+                    .count();
+                checks.push(if with > 0 {
+                    Check::ok(
+                        "consumer",
+                        Some("CONSUMER_GROUP"),
+                        format!("group {group:?} has committed offsets on {with} of {n} partitions: the first start goes on from them"),
+                    )
+                } else {
+                    Check::ok(
+                        "consumer",
+                        Some("CONSUMER_GROUP"),
+                        format!("group {group:?} has no committed offsets: the first start begins at the {reset} end (OFFSET_RESET_POLICY)"),
+                    )
+                });
+            }
+            Ok(checks)
+        })
+        .await;
+        match looked {
+            Ok(Ok(checks)) => {
+                let mut all = vec![Check::ok("broker", Some("BOOTSTRAP_SERVERS"), "reachable")];
+                all.extend(checks);
+                all
+            }
+            Ok(Err(e)) => vec![Check::fail("broker", Some("BOOTSTRAP_SERVERS"), e)],
+            Err(e) => vec![Check::fail(
+                "broker",
+                Some("BOOTSTRAP_SERVERS"),
+                e.to_string(),
+            )],
         }
     }
 

@@ -244,6 +244,78 @@ async fn create_pull(
     Ok(())
 }
 
+/// What [`bind`] would do with `CONSUMER`, as a `--check` line; changes nothing.
+pub async fn preview(stream: &Stream, config: &NatsConfig) -> connector_core::check::Check {
+    use connector_core::check::Check;
+    let name = &config.consumer;
+    let var = Some("CONSUMER");
+    match stream.consumer_info(name).await {
+        Ok(info) => {
+            if let Err(e) = check_existing(&info, config) {
+                let text = e.to_string();
+                let (variable, detail) = text.split_once(": ").unwrap_or(("CONSUMER", &text));
+                return Check::fail("consumer", Some(variable), detail);
+            }
+            let floor = info.ack_floor.stream_sequence;
+            if info.config.deliver_subject.is_some() {
+                let bound = if info.push_bound {
+                    "; a client is subscribed to it now (is the original still running?)"
+                } else {
+                    ""
+                };
+                let detail = format!(
+                    "the first start replaces the push durable {name:?} (left by the original) by a pull durable of the same name from stream sequence {} (its ack floor {floor} + 1){bound}",
+                    floor + 1
+                );
+                if info.push_bound {
+                    Check::warn("consumer", var, detail)
+                } else {
+                    Check::ok("consumer", var, detail)
+                }
+            } else if info.config.ack_wait != config.ack_wait {
+                Check::warn(
+                    "consumer",
+                    var,
+                    format!(
+                        "binds the pull durable {name:?} ({} pending, ack floor {floor}); its ack wait {:?} is updated to ACKWAIT {:?}",
+                        info.num_pending, info.config.ack_wait, config.ack_wait
+                    ),
+                )
+            } else {
+                Check::ok(
+                    "consumer",
+                    var,
+                    format!(
+                        "binds the pull durable {name:?} ({} pending, ack floor {floor})",
+                        info.num_pending
+                    ),
+                )
+            }
+        }
+        Err(_) => match stream
+            .consumer_info(marker_name(name))
+            .await
+            .ok()
+            .and_then(|m| start_sequence(&m.config.deliver_policy))
+        {
+            Some(start) => Check::warn(
+                "consumer",
+                var,
+                format!(
+                    "{name:?} is missing while a replacement is under way: the first start creates it from stream sequence {start}"
+                ),
+            ),
+            None => Check::ok(
+                "consumer",
+                var,
+                format!(
+                    "the first start creates the pull durable {name:?} (every message in the stream)"
+                ),
+            ),
+        },
+    }
+}
+
 /// The way back to the original: replaces the pull durable `CONSUMER` by a push durable of the
 /// same name, shaped as the original's library creates it (a deliver subject, explicit acks,
 /// `ACKWAIT`, filter `TOPIC`), starting right after the pull durable's ack floor. Stop this

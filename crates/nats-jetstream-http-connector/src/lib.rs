@@ -15,6 +15,7 @@ pub use adopt::{MARKER_INACTIVE, marker_name};
 pub use config::NatsConfig;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
+use connector_core::check::Check;
 use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::headers::{HeaderFamily, canonical_key};
 use connector_core::{
@@ -48,6 +49,69 @@ impl Connector for NatsConnector {
             max_in_flight: self.config.concurrent,
             lane_concurrency: 0,
         }
+    }
+
+    async fn check(&self, engine: &Engine) -> Vec<Check> {
+        let config = &self.config;
+        let connected =
+            async { Ok::<_, BoxError>(options(config).await?.connect(servers(config)).await?) };
+        let client = match connected.await {
+            Ok(c) => c,
+            Err(e) => {
+                return vec![Check::fail(
+                    "broker",
+                    Some("NATS_SERVER"),
+                    format!("cannot connect: {e}"),
+                )];
+            }
+        };
+        let mut checks = vec![Check::ok("broker", Some("NATS_SERVER"), "connected")];
+        let js = jetstream::new(client);
+        let common = &engine.settings().common;
+        for (what, var, subject) in [
+            (
+                "responses",
+                "RESPONSE_TOPIC",
+                common.response_topic.as_deref(),
+            ),
+            ("errors", "ERROR_TOPIC", common.error_topic.as_deref()),
+        ] {
+            if let Some(subject) = subject {
+                checks.push(match js.stream_by_subject(subject).await {
+                    Ok(stream) => Check::ok(
+                        what,
+                        Some(var),
+                        format!("subject {subject:?} is captured by stream {stream:?}"),
+                    ),
+                    Err(_) => Check::fail(
+                        what,
+                        Some(var),
+                        format!("no JetStream stream captures subject {subject:?}"),
+                    ),
+                });
+            }
+        }
+        match stream_of(&js, config).await {
+            Ok(mut stream) => {
+                let name = stream
+                    .info()
+                    .await
+                    .map(|i| i.config.name.clone())
+                    .unwrap_or_default();
+                checks.push(Check::ok(
+                    "source",
+                    Some("TOPIC"),
+                    format!("subject {:?} is in stream {name:?}", config.subject),
+                ));
+                checks.push(adopt::preview(&stream, config).await);
+            }
+            Err(e) => {
+                let text = e.to_string();
+                let (variable, detail) = text.split_once(": ").unwrap_or(("TOPIC", &text));
+                checks.push(Check::fail("source", Some(variable), detail));
+            }
+        }
+        checks
     }
 
     async fn run(self, engine: Engine) -> Result<(), BoxError> {

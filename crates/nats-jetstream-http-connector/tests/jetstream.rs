@@ -605,3 +605,44 @@ async fn a_response_stream_deleted_while_running_loses_nothing() {
     drained(&s).await;
     proc.stop().await;
 }
+
+/// `--check` before the swap says what the first start will do with the original's push
+/// durable, and changes nothing: the durable is still the push durable at its position, and no
+/// position marker was written.
+#[tokio::test]
+async fn check_tells_what_the_swap_will_do_and_changes_nothing() {
+    let s = setup().await;
+    left_by_the_original(&s).await;
+    let sink = Sink::start().await;
+    let out = std::process::Command::new(BIN)
+        .arg("--check")
+        .env_clear()
+        .envs(env(&s, &sink, &[]).iter().map(|(k, v)| (*k, v.as_str())))
+        .env("ADMIN_ADDR", "off")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("ok")
+            && l.contains("(CONSUMER)")
+            && l.contains("replaces the push durable")
+            && l.contains("stream sequence 6")),
+        "{text}"
+    );
+    let stream = s.js.get_stream(&s.stream).await.unwrap();
+    let info = stream.consumer_info(&s.consumer).await.unwrap();
+    assert!(
+        info.config.deliver_subject.is_some(),
+        "still the push durable"
+    );
+    assert_eq!(info.ack_floor.stream_sequence, 5, "its position untouched");
+    assert!(
+        stream
+            .consumer_info(nats_jetstream_http_connector::marker_name(&s.consumer))
+            .await
+            .is_err(),
+        "no marker written"
+    );
+    assert_eq!(sink.count(), 0);
+}

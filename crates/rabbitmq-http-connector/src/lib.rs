@@ -11,6 +11,7 @@ mod config;
 pub use config::RabbitConfig;
 
 use connector_core::backoff::ReconnectBackoff;
+use connector_core::check::Check;
 use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::{
     Acknowledger, BoxError, ConnectError, Connector, Delivery, Destination, DispatchEnd,
@@ -51,6 +52,50 @@ impl Connector for RabbitConnector {
         }
     }
 
+    async fn check(&self, engine: &Engine) -> Vec<Check> {
+        let connection = match connect(&self.config).await {
+            Ok(c) => c,
+            Err(ConnectError::Retry(e) | ConnectError::Fatal(e)) => {
+                return vec![Check::fail(
+                    "broker",
+                    Some("HOST"),
+                    format!("cannot connect: {e}"),
+                )];
+            }
+        };
+        let mut checks = vec![Check::ok(
+            "broker",
+            Some("HOST"),
+            format!("connected, vhost {:?}", self.config.uri.vhost),
+        )];
+        for (var, queue) in queues(engine) {
+            let what = match var {
+                "TOPIC" => "source",
+                "RESPONSE_TOPIC" => "responses",
+                _ => "errors",
+            };
+            checks.push(match look_up(&connection, queue).await {
+                Ok(Some(q)) => Check::ok(
+                    what,
+                    Some(var),
+                    format!(
+                        "queue {queue:?}: {} ready, {} consumers",
+                        q.message_count(),
+                        q.consumer_count()
+                    ),
+                ),
+                Ok(None) => Check::fail(what, Some(var), format!("queue {queue:?} does not exist")),
+                Err(e) => Check::fail(
+                    what,
+                    Some(var),
+                    format!("cannot look at queue {queue:?}: {e}"),
+                ),
+            });
+        }
+        let _ = connection.close(200, "checked".into()).await;
+        checks
+    }
+
     async fn run(self, engine: Engine) -> Result<(), BoxError> {
         let mut backoff = ReconnectBackoff::default();
         loop {
@@ -79,6 +124,80 @@ impl Connector for RabbitConnector {
     }
 }
 
+/// Opens the connection `HOST` names.
+async fn connect(config: &RabbitConfig) -> Result<Connection, ConnectError> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("{} {}", RabbitConnector::NAME, config.queue).into());
+    let runtime = lapin::runtime::default_runtime()?;
+    // amqp091-go gives up on a connection attempt after `connection_timeout` (30 s unless
+    // HOST says otherwise); lapin has no limit of its own, and a listener that accepts
+    // but never speaks AMQP would hold the start forever.
+    let limit = std::time::Duration::from_millis(
+        config
+            .uri
+            .query
+            .connection_timeout
+            .filter(|&ms| ms > 0)
+            .unwrap_or(30_000),
+    );
+    let connecting =
+        config
+            .uri
+            .clone()
+            .connect_with_config(properties, config.tls.clone(), runtime);
+    // Fatal, as in the original (its dial failed and the process exited): lapin's I/O
+    // thread for an abandoned handshake is not stopped, so retrying could pile them up; a
+    // restarted pod starts clean.
+    Ok(tokio::time::timeout(limit, connecting)
+        .await
+        .map_err(|_| {
+            ConnectError::Fatal(
+                format!("HOST: no AMQP handshake within {limit:?} (connection_timeout)").into(),
+            )
+        })??)
+}
+
+/// The queues the connector uses, with their variables.
+fn queues(engine: &Engine) -> Vec<(&'static str, &str)> {
+    let common = &engine.settings().common;
+    let mut wanted = vec![("TOPIC", common.topic.as_str())];
+    wanted.extend(
+        common
+            .response_topic
+            .as_deref()
+            .map(|t| ("RESPONSE_TOPIC", t)),
+    );
+    wanted.extend(common.error_topic.as_deref().map(|t| ("ERROR_TOPIC", t)));
+    wanted
+}
+
+/// A queue's state, or `None` when it does not exist; declares nothing.
+async fn look_up(
+    connection: &Connection,
+    queue: &str,
+) -> Result<Option<lapin::Queue>, lapin::Error> {
+    // A failed passive declare closes its channel, so each look-up gets its own.
+    let probe = connection.create_channel().await?;
+    let declared = probe
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match declared {
+        Ok(q) => {
+            let _ = probe.close(200, "ok".into()).await;
+            Ok(Some(q))
+        }
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// One connection with its consuming and publishing channels.
 struct Session {
     connection: Connection,
@@ -88,73 +207,18 @@ struct Session {
 
 impl Session {
     async fn open(config: &RabbitConfig, engine: &Engine) -> Result<Self, ConnectError> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(format!("{} {}", RabbitConnector::NAME, config.queue).into());
-        let runtime = lapin::runtime::default_runtime()?;
-        // amqp091-go gives up on a connection attempt after `connection_timeout` (30 s unless
-        // HOST says otherwise); lapin has no limit of its own, and a listener that accepts
-        // but never speaks AMQP would hold the start forever.
-        let limit = std::time::Duration::from_millis(
-            config
-                .uri
-                .query
-                .connection_timeout
-                .filter(|&ms| ms > 0)
-                .unwrap_or(30_000),
-        );
-        let connecting =
-            config
-                .uri
-                .clone()
-                .connect_with_config(properties, config.tls.clone(), runtime);
-        // Fatal, as in the original (its dial failed and the process exited): lapin's I/O
-        // thread for an abandoned handshake is not stopped, so retrying could pile them up; a
-        // restarted pod starts clean.
-        let connection = tokio::time::timeout(limit, connecting)
-            .await
-            .map_err(|_| {
-                ConnectError::Fatal(
-                    format!("HOST: no AMQP handshake within {limit:?} (connection_timeout)").into(),
-                )
-            })??;
-        let common = &engine.settings().common;
-
+        let connection = connect(config).await?;
         // The original never declares queues; neither do we. But a queue that does not exist
         // is reported at start rather than failing every message.
-        let mut wanted = vec![("TOPIC", common.topic.as_str())];
-        wanted.extend(
-            common
-                .response_topic
-                .as_deref()
-                .map(|t| ("RESPONSE_TOPIC", t)),
-        );
-        wanted.extend(common.error_topic.as_deref().map(|t| ("ERROR_TOPIC", t)));
-        for (var, queue) in wanted {
-            // A failed passive declare closes its channel, so each check gets its own.
-            let probe = connection.create_channel().await?;
-            let declared = probe
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            match declared {
-                Ok(_) => {
-                    let _ = probe.close(200, "ok".into()).await;
-                }
-                Err(e) if is_not_found(&e) => {
-                    let _ = connection.close(200, "bye".into()).await;
-                    return Err(ConnectError::Fatal(
-                        format!("{var}: queue {queue:?} does not exist on the broker").into(),
-                    ));
-                }
-                Err(e) => return Err(e.into()),
+        for (var, queue) in queues(engine) {
+            if look_up(&connection, queue).await?.is_none() {
+                let _ = connection.close(200, "bye".into()).await;
+                return Err(ConnectError::Fatal(
+                    format!("{var}: queue {queue:?} does not exist on the broker").into(),
+                ));
             }
         }
+        let common = &engine.settings().common;
 
         let consume = connection.create_channel().await?;
         consume

@@ -15,6 +15,7 @@ mod config;
 pub use config::{RedisConfig, processing_list};
 
 use bytes::Bytes;
+use connector_core::check::Check;
 use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::telemetry::Health;
 use connector_core::{
@@ -57,6 +58,84 @@ impl Connector for RedisConnector {
             max_in_flight: self.config.max_in_flight,
             lane_concurrency: 0,
         }
+    }
+
+    async fn check(&self, engine: &Engine) -> Vec<Check> {
+        let config = &self.config;
+        let connected = async {
+            let client = redis::Client::open(config.url.expose())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let mut conn = match tokio::time::timeout(Duration::from_secs(10), connected).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return vec![Check::fail(
+                    "broker",
+                    Some("ADDRESS"),
+                    format!("cannot connect: {e}"),
+                )];
+            }
+            Err(_) => {
+                return vec![Check::fail(
+                    "broker",
+                    Some("ADDRESS"),
+                    "no answer within 10 s",
+                )];
+            }
+        };
+        let mut checks = vec![Check::ok(
+            "broker",
+            Some("ADDRESS"),
+            "connected (PING answered)",
+        )];
+        let common = &engine.settings().common;
+        let mut lists = vec![("source", "TOPIC", common.topic.clone())];
+        lists.extend(
+            common
+                .response_topic
+                .clone()
+                .map(|t| ("responses", "RESPONSE_TOPIC", t)),
+        );
+        lists.extend(
+            common
+                .error_topic
+                .clone()
+                .map(|t| ("errors", "ERROR_TOPIC", t)),
+        );
+        for (what, var, key) in lists {
+            let kind: redis::RedisResult<String> =
+                redis::cmd("TYPE").arg(&key).query_async(&mut conn).await;
+            checks.push(match kind.as_deref() {
+                Ok("list") => {
+                    let len: u64 = conn.llen(&key).await.unwrap_or(0);
+                    Check::ok(what, Some(var), format!("list {key:?} with {len} entries"))
+                }
+                // Lists exist only while they hold something; the first push creates them.
+                Ok("none") => Check::ok(what, Some(var), format!("list {key:?} is empty")),
+                Ok(other) => {
+                    Check::fail(what, Some(var), format!("{key:?} is a {other}, not a list"))
+                }
+                Err(e) => Check::fail(what, Some(var), format!("cannot look at {key:?}: {e}")),
+            });
+        }
+        let own = config.processing_list();
+        let held: u64 = conn.llen(&own).await.unwrap_or(0);
+        checks.push(if held > 0 {
+            Check::warn(
+                "consumer",
+                Some("CONSUMER_ID"),
+                format!("{held} messages of an earlier run of this consumer wait in {own:?}; the first start returns them to TOPIC"),
+            )
+        } else {
+            Check::ok(
+                "consumer",
+                Some("CONSUMER_ID"),
+                format!("consumer {:?}: nothing left from an earlier run", config.consumer_id),
+            )
+        });
+        checks
     }
 
     async fn run(self, engine: Engine) -> Result<(), BoxError> {
