@@ -351,14 +351,8 @@ async fn an_identity_without_dynamodb_still_gets_its_records() {
         vars.extend(k.moto.env_as(id, secret));
         vars.push(("ADMIN_ADDR", format!("127.0.0.1:{admin}")));
         // The preflight says beforehand what the start will do with these permissions.
-        let checked = std::process::Command::new(BIN)
-            .arg("--check")
-            .env_clear()
-            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap();
-        let report = String::from_utf8_lossy(&checked.stdout);
-        assert_eq!(checked.status.code(), Some(0), "{name}: {report}");
+        let (code, report) = connector_core::testkit::run_once(BIN, &["--check"], &vars);
+        assert_eq!(code, Some(0), "{name}: {report}");
         // Without DescribeTable it can tell; a missing table it can only announce.
         let expected = if *name == "kinesis-only" {
             "no dynamodb:DescribeTable"
@@ -396,13 +390,7 @@ async fn an_identity_without_dynamodb_still_gets_its_records() {
     let mut vars = env(&k, &sink, &[]);
     vars.retain(|(key, _)| !key.starts_with("AWS_"));
     vars.extend(k.moto.env_as(id, secret));
-    let checked = std::process::Command::new(BIN)
-        .arg("--check")
-        .env_clear()
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&checked.stdout);
+    let (_, report) = connector_core::testkit::run_once(BIN, &["--check"], &vars);
     assert!(
         report.lines().any(|l| l.starts_with("ok")
             && l.contains("(CHECKPOINT_TABLE)")

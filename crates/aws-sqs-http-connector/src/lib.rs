@@ -82,21 +82,14 @@ impl Connector for SqsConnector {
             let Some(queue) = queue else { continue };
             let looked = async {
                 let url = resolve(&client, queue, var).await?;
-                let attrs = client
-                    .get_queue_attributes()
-                    .queue_url(&url)
-                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        let missing = e.as_service_error().map(|s| s.is_queue_does_not_exist());
-                        classify(describe(&e), missing, var)
-                    })?;
-                let waiting = attrs
-                    .attributes()
-                    .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
-                    .cloned()
-                    .unwrap_or_else(|| "?".to_owned());
+                let waiting = attribute(
+                    &client,
+                    &url,
+                    QueueAttributeName::ApproximateNumberOfMessages,
+                    var,
+                )
+                .await?
+                .unwrap_or_else(|| "?".to_owned());
                 Ok::<_, ConnectError>(format!("queue {url}: about {waiting} messages waiting"))
             };
             checks.push(match looked.await {
@@ -192,34 +185,19 @@ async fn resolve_queues(client: &Client, config: &SqsConfig) -> Result<Queues, C
         Some(q) => Some(Target::new(resolve(client, q, "ERROR_TOPIC").await?)),
         None => None,
     };
-    let attrs = client
-        .get_queue_attributes()
-        .queue_url(&source)
-        .attribute_names(QueueAttributeName::VisibilityTimeout)
-        .send()
-        .await
-        .map_err(|e| {
-            let missing = e.as_service_error().map(|s| s.is_queue_does_not_exist());
-            classify(describe(&e), missing, "TOPIC/QUEUE_URL")
-        })?;
-    let queue_visibility = attrs
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+    let queue_visibility = attribute(
+        client,
+        &source,
+        QueueAttributeName::VisibilityTimeout,
+        "TOPIC/QUEUE_URL",
+    )
+    .await?
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(30);
     let destinations = [("RESPONSE_TOPIC", &response), ("ERROR_TOPIC", &error)];
     for (var, target) in destinations {
         let Some(target) = target else { continue };
-        client
-            .get_queue_attributes()
-            .queue_url(&target.url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(|e| {
-                let missing = e.as_service_error().map(|s| s.is_queue_does_not_exist());
-                classify(describe(&e), missing, var)
-            })?;
+        attribute(client, &target.url, QueueAttributeName::QueueArn, var).await?;
     }
     Ok(Queues {
         source,
@@ -227,6 +205,26 @@ async fn resolve_queues(client: &Client, config: &SqsConfig) -> Result<Queues, C
         response,
         error,
     })
+}
+
+/// One attribute of the queue at `url`; a queue that does not exist is fatal, naming `var`.
+async fn attribute(
+    client: &Client,
+    url: &str,
+    name: QueueAttributeName,
+    var: &str,
+) -> Result<Option<String>, ConnectError> {
+    let out = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(name.clone())
+        .send()
+        .await
+        .map_err(|e| {
+            let missing = e.as_service_error().map(|s| s.is_queue_does_not_exist());
+            classify(describe(&e), missing, var)
+        })?;
+    Ok(out.attributes().and_then(|a| a.get(&name)).cloned())
 }
 
 async fn resolve(client: &Client, queue: &QueueRef, var: &str) -> Result<String, ConnectError> {

@@ -686,6 +686,22 @@ pub fn assert_config_error(
     assert!(out.stdout.is_empty(), "{var}: nothing on stdout");
 }
 
+/// Runs `binary` once with `args` and exactly `env` (plus `ADMIN_ADDR=off`), as a one-off
+/// task such as `--check`; returns its exit code and standard output.
+pub fn run_once(binary: &str, args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(binary)
+        .args(args)
+        .env_clear()
+        .env("ADMIN_ADDR", "off")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// A plain HTTP/1.0 `GET` of `path` on 127.0.0.1:`port` (an admin endpoint); returns
 /// (status, body).
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {

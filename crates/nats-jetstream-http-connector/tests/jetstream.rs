@@ -614,15 +614,8 @@ async fn check_tells_what_the_swap_will_do_and_changes_nothing() {
     let s = setup().await;
     left_by_the_original(&s).await;
     let sink = Sink::start().await;
-    let out = std::process::Command::new(BIN)
-        .arg("--check")
-        .env_clear()
-        .envs(env(&s, &sink, &[]).iter().map(|(k, v)| (*k, v.as_str())))
-        .env("ADMIN_ADDR", "off")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text) = connector_core::testkit::run_once(BIN, &["--check"], &env(&s, &sink, &[]));
+    assert_eq!(code, Some(0), "{text}");
     assert!(
         text.lines().any(|l| l.starts_with("ok")
             && l.contains("(CONSUMER)")

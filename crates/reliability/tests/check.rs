@@ -4,26 +4,17 @@
 //! with a line naming the variable.
 
 use broker_fixtures::Kind;
-use connector_core::testkit::{Reply, Sink, free_port};
+use connector_core::testkit::{Reply, Sink, free_port, run_once};
 use reliability::{Collector, KINDS, binary, env, fixture, selected};
 
 /// Runs `binary --check` (with `--json` when asked) and returns (exit code, stdout).
 fn check(kind: Kind, vars: &[(&'static str, String)], json: bool) -> (Option<i32>, String) {
-    let mut args = vec!["--check"];
-    if json {
-        args.push("--json");
-    }
-    let out = std::process::Command::new(binary(kind))
-        .args(&args)
-        .env_clear()
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("ADMIN_ADDR", "off")
-        .output()
-        .expect("run --check");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let args: &[&str] = if json {
+        &["--check", "--json"]
+    } else {
+        &["--check"]
+    };
+    run_once(&binary(kind), args, vars)
 }
 
 async fn check_kind(kind: Kind) {
