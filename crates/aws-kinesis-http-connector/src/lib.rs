@@ -69,9 +69,9 @@ impl Connector for KinesisConnector {
 
     async fn check(&self, engine: &Engine) -> Vec<Check> {
         let config = &self.config;
-        let sdk = match config.aws.load().await {
+        let sdk = match config.aws.load_for_check().await {
             Ok(sdk) => sdk,
-            Err(e) => return vec![Check::fail("broker", Some("AWS_REGION"), e.to_string())],
+            Err(failed) => return vec![failed],
         };
         let kinesis = Client::new(&sdk);
         let common = &engine.settings().common;

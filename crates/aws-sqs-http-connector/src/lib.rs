@@ -67,9 +67,9 @@ impl Connector for SqsConnector {
 
     async fn check(&self, _engine: &Engine) -> Vec<Check> {
         let config = &self.config;
-        let sdk = match config.aws.load().await {
+        let sdk = match config.aws.load_for_check().await {
             Ok(sdk) => sdk,
-            Err(e) => return vec![Check::fail("broker", Some("AWS_REGION"), e.to_string())],
+            Err(failed) => return vec![failed],
         };
         let client = Client::new(&sdk);
         let mut checks = Vec::new();

@@ -102,6 +102,14 @@ impl AwsSettings {
         })
     }
 
+    /// [`AwsSettings::load`] for `--check`: the configuration, or the failed check line that
+    /// says why there is none.
+    pub async fn load_for_check(&self) -> Result<SdkConfig, crate::check::Check> {
+        self.load()
+            .await
+            .map_err(|e| crate::check::Check::fail("broker", Some("AWS_REGION"), e.to_string()))
+    }
+
     /// The SDK's proxy settings for `proxy`: Go's loopback rule added to `NO_PROXY`.
     fn proxy_config(
         &self,
