@@ -168,6 +168,8 @@ pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod error_doc;
+#[cfg(feature = "grpc-proxy")]
+pub mod grpc_proxy;
 pub mod headers;
 pub mod invoker;
 pub mod proxy;

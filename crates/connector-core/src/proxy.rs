@@ -195,6 +195,32 @@ impl ProxyRules {
         })
     }
 
+    /// The rules as the original's gRPC (grpc-go) applied them to its connections: it only
+    /// ever asks about `https://host:port`, so only `HTTPS_PROXY` (and `NO_PROXY`) count, and
+    /// whatever the proxy URL's scheme it dials the proxy's `host:port` and sends a clear-text
+    /// `CONNECT` — an `https://` proxy URL included, which is taken the same way here (grpc-go's
+    /// `Documentation/proxy.md`). Values Go could not parse are ignored, as there.
+    pub fn grpc_from_env(env: &dyn Env) -> Self {
+        let vars = Vars::new(env);
+        let https = first_set(&vars, ["HTTPS_PROXY", "https_proxy"]).and_then(|(var, value)| {
+            let value = value.trim();
+            let plain = match value.get(..8) {
+                Some(scheme) if scheme.eq_ignore_ascii_case("https://") => {
+                    format!("http://{}", &value[8..])
+                }
+                _ => value.to_owned(),
+            };
+            parse_proxy(var, &plain).ok().flatten()
+        });
+        Self {
+            http: None,
+            https,
+            no_proxy: first_set(&vars, ["NO_PROXY", "no_proxy"])
+                .map(|(_, v)| v)
+                .unwrap_or_default(),
+        }
+    }
+
     /// The proxy for `https` (or `http`) URLs before `NO_PROXY` and the loopback rule, for
     /// clients that apply those themselves.
     pub fn for_scheme(&self, https: bool) -> Option<&Proxy> {
@@ -384,13 +410,34 @@ fn same_family(ip: IpAddr, net: IpAddr) -> Option<IpAddr> {
 #[derive(Clone, Debug)]
 pub struct ProxyConnector {
     http: HttpConnector,
-    rules: std::sync::Arc<ProxyRules>,
+    route: Route,
+}
+
+#[derive(Clone, Debug)]
+enum Route {
+    /// The proxy the rules pick for each destination, as Go's HTTP client.
+    Rules(std::sync::Arc<ProxyRules>),
+    /// Always this proxy, and a tunnel even for `http` destinations, as Go's gRPC (whose
+    /// clear-text HTTP/2 an absolute-form proxy could not carry).
+    Tunnel(Proxy),
 }
 
 impl ProxyConnector {
     /// Connects with `http` (TCP), through the proxy `rules` pick for each destination.
     pub fn new(http: HttpConnector, rules: std::sync::Arc<ProxyRules>) -> Self {
-        Self { http, rules }
+        Self {
+            http,
+            route: Route::Rules(rules),
+        }
+    }
+
+    /// Connects with `http` (TCP) to every destination through a tunnel opened by `proxy`
+    /// (`CONNECT`, or SOCKS5), whatever the destination's scheme.
+    pub fn tunnel(http: HttpConnector, proxy: Proxy) -> Self {
+        Self {
+            http,
+            route: Route::Tunnel(proxy),
+        }
     }
 }
 
@@ -409,7 +456,10 @@ impl tower_service::Service<Uri> for ProxyConnector {
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let mut http = self.http.clone();
-        let proxy = self.rules.for_uri(&dst).cloned();
+        let (proxy, always_tunnel) = match &self.route {
+            Route::Rules(rules) => (rules.for_uri(&dst).cloned(), false),
+            Route::Tunnel(proxy) => (Some(proxy.clone()), true),
+        };
         Box::pin(async move {
             let Some(proxy) = proxy else {
                 let io = ready_then_call(&mut http, dst).await?;
@@ -417,12 +467,12 @@ impl tower_service::Service<Uri> for ProxyConnector {
             };
             let https = dst.scheme_str() == Some("https");
             let (io, proxied) = match proxy.kind {
-                ProxyKind::Http if https => {
+                ProxyKind::Http if https || always_tunnel => {
                     let mut tunnel = Tunnel::new(proxy.uri.clone(), http);
                     if let Some(auth) = proxy.basic_auth() {
                         tunnel = tunnel.with_auth(auth);
                     }
-                    (ready_then_call(&mut tunnel, dst).await?, false)
+                    (ready_then_call(&mut tunnel, with_port(dst)).await?, false)
                 }
                 // Plain http: talk to the proxy, which takes the absolute-form request.
                 ProxyKind::Http => (ready_then_call(&mut http, proxy.uri.clone()).await?, true),

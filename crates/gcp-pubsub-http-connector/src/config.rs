@@ -36,10 +36,15 @@ pub struct PubSubConfig {
     /// `MAX_IN_FLIGHT`: messages held at once (also the stream's flow control).
     pub max_in_flight: usize,
     /// Whether the destination topics can be checked at start. The check is a REST call,
-    /// whose HTTP client takes `HTTP(S)_PROXY` even for a loopback emulator, where the
-    /// original's gRPC went direct (Go never proxies loopback); with a proxy set and the
-    /// emulator on loopback it is left out.
+    /// whose HTTP client takes `HTTP_PROXY` for an emulator (`HTTPS_PROXY` for the data calls,
+    /// as the original's gRPC) and proxies loopback too, where Go never does; with an emulator
+    /// and a proxy set it is left out.
     pub check_topics: bool,
+    /// Where the data calls (gRPC) go: the emulator, or Google's global endpoint.
+    pub grpc_target: http::Uri,
+    /// The proxy the original's gRPC would have taken to `grpc_target` (`HTTPS_PROXY` unless
+    /// `NO_PROXY` or loopback exempt it); `None` to go direct.
+    pub grpc_proxy: Option<connector_core::proxy::Proxy>,
 }
 
 impl PubSubConfig {
@@ -67,22 +72,25 @@ impl PubSubConfig {
             t.as_deref()
                 .and_then(|t| full_name(t, "topics", project.as_deref()))
         };
-        let loopback_emulator = match &credentials {
-            Credentials::Emulator(host) => {
-                let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
-                let name = name.trim_start_matches('[').trim_end_matches(']');
-                name == "localhost"
-                    || name
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            }
-            _ => false,
-        };
+        let emulator = matches!(credentials, Credentials::Emulator(_));
         let proxy_set = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"]
             .iter()
             .any(|v| vars.optional(v).is_some());
+        let grpc_target = match &credentials {
+            Credentials::Emulator(host) => format!("http://{host}").parse().map_err(|_| {
+                ConfigError::invalid(
+                    "PUBSUB_EMULATOR_HOST",
+                    "host:port such as 127.0.0.1:8085",
+                    host,
+                )
+            })?,
+            _ => http::Uri::from_static("https://pubsub.googleapis.com"),
+        };
+        let rules = connector_core::proxy::ProxyRules::grpc_from_env(env);
         Ok(Self {
-            check_topics: !(loopback_emulator && proxy_set),
+            check_topics: !(emulator && proxy_set),
+            grpc_proxy: connector_core::grpc_proxy::proxy_for(&grpc_target, &rules),
+            grpc_target,
             response_topic: topic(&settings.common.response_topic),
             error_topic: topic(&settings.common.error_topic),
             subscription,
@@ -210,6 +218,52 @@ mod tests {
         let c = parse(&[("SUBSCRIPTION_NAME", "projects/x/subscriptions/s")]).unwrap();
         assert!(matches!(c.credentials, Credentials::ApplicationDefault));
         assert_eq!(c.response_topic.as_deref(), Some("projects/x/topics/resp"));
+    }
+
+    /// The data calls' proxy is the original gRPC's: `HTTPS_PROXY` (never `HTTP_PROXY`) for
+    /// Google and for an emulator that is not loopback, `NO_PROXY` honoured.
+    #[test]
+    fn data_calls_take_the_proxy_grpc_go_took() {
+        let with_project = |extra: &[(&'static str, &'static str)]| {
+            parse(&[extra, &[("PROJECT_ID", "p1")]].concat())
+        };
+        let via = |extra: &[(&'static str, &'static str)]| {
+            with_project(extra).unwrap().grpc_proxy.map(|p| p.var)
+        };
+        let https = ("HTTPS_PROXY", "proxy.example:3128");
+        let http = ("HTTP_PROXY", "other.example:3128");
+        let key = ("GOOGLE_APPLICATION_CREDENTIALS", KEY);
+        assert_eq!(via(&[key, https, http]), Some("HTTPS_PROXY"));
+        assert_eq!(via(&[key, http]), None);
+        assert_eq!(via(&[key, https, ("NO_PROXY", ".googleapis.com")]), None);
+        let named = ("PUBSUB_EMULATOR_HOST", "emulator.example:8085");
+        assert_eq!(via(&[named, https]), Some("HTTPS_PROXY"));
+        assert_eq!(
+            via(&[named, https, ("NO_PROXY", "emulator.example:8085")]),
+            None
+        );
+        assert_eq!(
+            via(&[("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"), https]),
+            None
+        );
+        assert_eq!(
+            via(&[("PUBSUB_EMULATOR_HOST", "localhost:8085"), https]),
+            None
+        );
+        let c = with_project(&[named, https]).unwrap();
+        assert_eq!(c.grpc_target, "http://emulator.example:8085/");
+        assert!(
+            !c.check_topics,
+            "REST would take HTTP_PROXY rules for an emulator"
+        );
+        let c = with_project(&[key, https]).unwrap();
+        assert_eq!(c.grpc_target, "https://pubsub.googleapis.com/");
+        assert!(c.check_topics);
+        // grpc-go took an https:// proxy URL as a clear-text CONNECT proxy; so do the data calls.
+        assert_eq!(
+            via(&[key, ("HTTPS_PROXY", "https://proxy.example:3128")]),
+            Some("HTTPS_PROXY")
+        );
     }
 
     #[test]

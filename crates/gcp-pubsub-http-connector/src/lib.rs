@@ -56,7 +56,7 @@ impl Connector for PubSubConnector {
             return vec![Check::warn(
                 "broker",
                 Some("PUBSUB_EMULATOR_HOST"),
-                "the subscription and topics are looked at over REST, which would go through the proxy set for a loopback emulator: not checked",
+                "the subscription and topics are looked at over REST, whose proxy rules differ from the data calls' for an emulator: not checked",
             )];
         }
         let (endpoint, credentials) = match client_options(&config.credentials) {
@@ -167,6 +167,25 @@ impl Connector for PubSubConnector {
             }
         }
 
+        // The data calls take HTTPS_PROXY as the original's gRPC did; the client library
+        // cannot, so a loopback forwarder carries them (connector_core::grpc_proxy).
+        let forwarder = match &config.grpc_proxy {
+            Some(proxy) => {
+                let f = connector_core::grpc_proxy::GrpcForwarder::start(
+                    config.grpc_target.clone(),
+                    proxy.clone(),
+                    connector_core::grpc_proxy::GrpcForwarder::native_roots(),
+                )
+                .await?;
+                tracing::info!(proxy = proxy.var, target = %config.grpc_target, "Pub/Sub data calls go through the proxy");
+                Some(f)
+            }
+            None => None,
+        };
+        let data_endpoint = forwarder
+            .as_ref()
+            .map(|f| f.endpoint())
+            .or_else(|| endpoint.clone());
         let mut publishers = HashMap::new();
         for topic in [&config.response_topic, &config.error_topic]
             .into_iter()
@@ -174,7 +193,7 @@ impl Connector for PubSubConnector {
         {
             let mut b =
                 PsPublisher::builder(topic.clone()).set_delay_threshold(std::time::Duration::ZERO);
-            if let Some(e) = &endpoint {
+            if let Some(e) = &data_endpoint {
                 b = b.with_endpoint(e.clone());
             }
             if let Some(c) = &credentials {
@@ -189,7 +208,7 @@ impl Connector for PubSubConnector {
         });
 
         let mut subscriber = Subscriber::builder();
-        if let Some(e) = &endpoint {
+        if let Some(e) = &data_endpoint {
             subscriber = subscriber.with_endpoint(e.clone());
         }
         if let Some(c) = &credentials {

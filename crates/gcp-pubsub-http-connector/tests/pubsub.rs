@@ -3,7 +3,8 @@
 //! the connector as a separate process. Setup and checks use the emulator's REST API.
 
 use connector_core::testkit::{
-    Process, PubSubEmulator as Emulator, Reply, Sink, assert_config_error, with_overrides,
+    ForwardProxy, Process, PubSubEmulator as Emulator, Reply, Sink, assert_config_error,
+    with_overrides,
 };
 use serde_json::Value;
 use std::collections::HashSet;
@@ -199,6 +200,56 @@ async fn sigterm_under_load_finishes_and_publishes_in_flight_work() {
         answered, invoked,
         "every started call was finished and published before exit"
     );
+}
+
+/// The original's gRPC sent the data calls for an address that is not loopback through
+/// `HTTPS_PROXY` (a `CONNECT` tunnel, even to a clear-text emulator) and never through
+/// `HTTP_PROXY`; so do ours. The emulator is named `pubsub-emulator.test`, which only the
+/// proxy can reach (it takes every name to 127.0.0.1): without the proxy nothing arrives.
+#[tokio::test]
+async fn data_calls_go_through_https_proxy_as_the_originals_grpc() {
+    let e = Emulator::start().await;
+    setup(&e, 10).await;
+    let proxy = ForwardProxy::start().await;
+    let sink = Sink::start().await;
+    sink.respond(|r| Reply::status(200).body(r.body.clone()));
+    for i in 0..5 {
+        e.publish("source", format!("p{i}").as_bytes(), &[]).await;
+    }
+    let named = format!("pubsub-emulator.test:{}", e.port());
+    let proxy_addr = proxy.addr().to_string();
+    let mut proc = Process::start(
+        BIN,
+        &env(
+            &e,
+            &sink,
+            &[
+                ("PUBSUB_EMULATOR_HOST", &named),
+                ("HTTPS_PROXY", &proxy_addr),
+                ("HTTP_PROXY", "http://127.0.0.1:9"),
+            ],
+        ),
+    );
+    let answered: HashSet<Vec<u8>> = e
+        .read("resp-reader", 5)
+        .await
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
+    assert_eq!(
+        answered,
+        (0..5).map(|i| format!("p{i}").into_bytes()).collect()
+    );
+    proc.stop().await;
+    let seen = proxy.seen();
+    assert!(!seen.is_empty(), "nothing went through the proxy");
+    for r in &seen {
+        assert_eq!(
+            (r.method.as_str(), r.target.as_str()),
+            ("CONNECT", named.as_str())
+        );
+    }
+    assert_eq!(sink.count(), 5, "each message invoked once");
 }
 
 #[tokio::test]
