@@ -54,6 +54,15 @@ impl Broker {
         }
     }
 
+    /// How many messages the connector works on at once with its concurrency variable unset,
+    /// on the bench's one queue / one-partition topic / one list.
+    pub fn default_concurrency(self) -> usize {
+        match self {
+            Self::RabbitMq | Self::Sqs => 10,
+            Self::Kafka | Self::Redis | Self::Nats => 1,
+        }
+    }
+
     /// A note printed with the broker's rows.
     pub fn label(self) -> &'static str {
         match self {
@@ -97,9 +106,13 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 impl Setup {
     /// Creates the source and response destination for one run; `in_flight` goes into the
-    /// connector's own concurrency variable.
-    pub async fn new(broker: Broker, in_flight: usize) -> Result<Self, Error> {
-        let k = in_flight.to_string();
+    /// connector's own concurrency variables (`None`: left unset, at their defaults).
+    pub async fn new(broker: Broker, in_flight: Option<usize>) -> Result<Self, Error> {
+        let concurrency = |vars: &[&'static str]| -> Vec<(&'static str, String)> {
+            in_flight
+                .map(|k| vars.iter().map(|v| (*v, k.to_string())).collect())
+                .unwrap_or_default()
+        };
         let name = unique("bench");
         let resp = format!("{name}-out");
         match broker {
@@ -127,13 +140,14 @@ impl Setup {
                     .await?;
                 }
                 ch.confirm_select(Default::default()).await?;
+                let mut env = vec![
+                    ("HOST", url.into()),
+                    ("TOPIC", name.clone()),
+                    ("RESPONSE_TOPIC", resp),
+                ];
+                env.extend(concurrency(&["CONCURRENT"]));
                 Ok(Self {
-                    env: vec![
-                        ("HOST", url.into()),
-                        ("TOPIC", name.clone()),
-                        ("RESPONSE_TOPIC", resp),
-                        ("CONCURRENT", k),
-                    ],
+                    env,
                     loader: Loader::RabbitMq(ch, name),
                     _keep: Keep::None,
                 })
@@ -155,17 +169,17 @@ impl Setup {
                     .set("linger.ms", "5")
                     .set("acks", "all")
                     .create()?;
+                let mut env = vec![
+                    ("BOOTSTRAP_SERVERS", bootstrap),
+                    ("TOPIC", name.clone()),
+                    ("RESPONSE_TOPIC", resp),
+                    ("CONSUMER_GROUP", format!("{name}-group")),
+                    ("OFFSET_RESET_POLICY", "earliest".into()),
+                ];
+                // One partition: unordered within it, so in-flight > 1 is possible.
+                env.extend(concurrency(&["MAX_IN_FLIGHT", "PARTITION_CONCURRENCY"]));
                 Ok(Self {
-                    env: vec![
-                        ("BOOTSTRAP_SERVERS", bootstrap),
-                        ("TOPIC", name.clone()),
-                        ("RESPONSE_TOPIC", resp),
-                        ("CONSUMER_GROUP", format!("{name}-group")),
-                        ("OFFSET_RESET_POLICY", "earliest".into()),
-                        ("MAX_IN_FLIGHT", k.clone()),
-                        // One partition: unordered within it, so in-flight > 1 is possible.
-                        ("PARTITION_CONCURRENCY", k),
-                    ],
+                    env,
                     loader: Loader::Kafka(producer, name),
                     _keep: Keep::Tansu(tansu),
                 })
@@ -176,14 +190,15 @@ impl Setup {
                     .get_multiplexed_async_connection()
                     .await
                     .map_err(|e| format!("Redis at 127.0.0.1:6379: {e} (start it with `redis-server --daemonize yes --port 6379 --save \"\"`)"))?;
+                let mut env = vec![
+                    ("ADDRESS", "127.0.0.1:6379".into()),
+                    ("TOPIC", name.clone()),
+                    ("RESPONSE_TOPIC", resp),
+                    ("CONSUMER_ID", format!("{name}-c")),
+                ];
+                env.extend(concurrency(&["MAX_IN_FLIGHT"]));
                 Ok(Self {
-                    env: vec![
-                        ("ADDRESS", "127.0.0.1:6379".into()),
-                        ("TOPIC", name.clone()),
-                        ("RESPONSE_TOPIC", resp),
-                        ("CONSUMER_ID", format!("{name}-c")),
-                        ("MAX_IN_FLIGHT", k),
-                    ],
+                    env,
                     loader: Loader::Redis(conn, name),
                     _keep: Keep::None,
                 })
@@ -200,14 +215,15 @@ impl Setup {
                     ..Default::default()
                 })
                 .await?;
+                let mut env = vec![
+                    ("NATS_SERVER", "nats://127.0.0.1:4222".into()),
+                    ("TOPIC", subject.clone()),
+                    ("RESPONSE_TOPIC", format!("{name}.out")),
+                    ("CONSUMER", format!("{name}-durable")),
+                ];
+                env.extend(concurrency(&["CONCURRENT"]));
                 Ok(Self {
-                    env: vec![
-                        ("NATS_SERVER", "nats://127.0.0.1:4222".into()),
-                        ("TOPIC", subject.clone()),
-                        ("RESPONSE_TOPIC", format!("{name}.out")),
-                        ("CONSUMER", format!("{name}-durable")),
-                        ("CONCURRENT", k),
-                    ],
+                    env,
                     loader: Loader::Nats(js, subject),
                     _keep: Keep::None,
                 })
@@ -227,9 +243,9 @@ impl Setup {
                     ("QUEUE_URL", url.clone()),
                     ("TOPIC", name.clone()),
                     ("RESPONSE_TOPIC", resp),
-                    ("MAX_IN_FLIGHT", k),
                     ("WAIT_TIME_SECONDS", "1".into()),
                 ]);
+                env.extend(concurrency(&["MAX_IN_FLIGHT"]));
                 Ok(Self {
                     env,
                     loader: Loader::Sqs(client, url),

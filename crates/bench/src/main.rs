@@ -28,6 +28,8 @@ struct Scenario {
     messages: u64,
     live: bool,
     backlog: bool,
+    /// Only the original's variables: the connector's own concurrency defaults, `MAX_RETRIES=3`.
+    defaults: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -133,40 +135,51 @@ fn scenarios(args: &Args, broker: Broker) -> Vec<Scenario> {
         args.messages
     };
     let ms = Duration::from_millis(10);
-    let mut v = vec![Scenario {
-        name: "idle".into(),
-        latency: Duration::ZERO,
-        in_flight: 100,
-        messages: 0,
+    let tuned = |name: String, latency, in_flight, messages| Scenario {
+        name,
+        latency,
+        in_flight,
+        messages,
         live: false,
         backlog: false,
-    }];
-    v.push(Scenario {
-        name: "fast sink".into(),
-        latency: Duration::ZERO,
-        in_flight: 100,
-        messages: n,
-        live: true,
-        backlog: false,
-    });
-    for (k, cap) in [(1usize, 500u64), (10, 5_000), (100, 50_000)] {
-        v.push(Scenario {
-            name: format!("10 ms sink x{k}"),
-            latency: ms,
-            in_flight: k,
-            messages: n.min(if args.quick { cap / 5 } else { cap }),
-            live: false,
-            backlog: false,
-        });
+        defaults: false,
+    };
+    // What a drop-in user runs: Fission sets only the original's variables (issue 22: 20 000
+    // messages, MAX_RETRIES=3, every other setting at its default).
+    let k = broker.default_concurrency();
+    let cap = |c: u64| if args.quick { c / 5 } else { c };
+    let mut v = vec![
+        Scenario {
+            defaults: true,
+            ..tuned(
+                "defaults, fast sink".into(),
+                Duration::ZERO,
+                k,
+                n.min(cap(20_000)),
+            )
+        },
+        Scenario {
+            defaults: true,
+            ..tuned(
+                "defaults, 10 ms sink".into(),
+                ms,
+                k,
+                n.min(cap(500 * k as u64)),
+            )
+        },
+        tuned("idle".into(), Duration::ZERO, 100, 0),
+        Scenario {
+            live: true,
+            ..tuned("fast sink".into(), Duration::ZERO, 100, n)
+        },
+    ];
+    for (k, c) in [(1usize, 500u64), (10, 5_000), (100, 50_000)] {
+        v.push(tuned(format!("10 ms sink x{k}"), ms, k, n.min(cap(c))));
     }
     if args.backlog > 0 && broker != Broker::Sqs {
         v.push(Scenario {
-            name: "backlog".into(),
-            latency: Duration::ZERO,
-            in_flight: 100,
-            messages: args.backlog,
-            live: false,
             backlog: true,
+            ..tuned("backlog".into(), Duration::ZERO, 100, args.backlog)
         });
     }
     v
@@ -258,7 +271,7 @@ async fn bare_hop(latency: Duration, in_flight: usize, n: u64) -> f64 {
 }
 
 async fn run_one(args: &Args, broker: Broker, sc: &Scenario, ticks: f64) -> Result<Row, Error> {
-    let setup = Setup::new(broker, sc.in_flight).await?;
+    let setup = Setup::new(broker, (!sc.defaults).then_some(sc.in_flight)).await?;
     let (url, seen) = sink::start(sc.latency, 100).await;
     eprintln!(
         "bench: {} / {}: publishing {} messages",
@@ -271,7 +284,10 @@ async fn run_one(args: &Args, broker: Broker, sc: &Scenario, ticks: f64) -> Resu
     let mut env = setup.env.clone();
     env.extend([
         ("HTTP_ENDPOINT", url),
-        ("MAX_RETRIES", "0".to_owned()),
+        (
+            "MAX_RETRIES",
+            if sc.defaults { "3" } else { "0" }.to_owned(),
+        ),
         ("CONTENT_TYPE", "application/json".to_owned()),
         ("ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
         (

@@ -3,7 +3,9 @@
 //!
 //! Invariants kept here so no connector has to:
 //! - never more than `max_in_flight` deliveries held, whatever the backlog;
-//! - deliveries of one lane run one at a time, in order, when ordering is on;
+//! - deliveries of one lane are invoked one at a time, in order, when ordering is on (with a
+//!   publisher that queues writes in call order, the next is invoked while earlier outcomes are
+//!   still being written: [`Publisher::queues_in_call_order`]);
 //! - a delivery is acknowledged only after its response or error document was durably written
 //!   (or there was no destination to write to); if the write fails it is requeued;
 //! - on shutdown, stop pulling, let in-flight work finish within the drain budget, and leave
@@ -15,7 +17,6 @@ use crate::headers::HeaderSet;
 use crate::invoker::Outcome;
 use bytes::Bytes;
 use http::HeaderMap;
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -121,6 +122,16 @@ pub trait Publisher<M>: Send + Sync + 'static {
     /// Writes `record`; resolves only once the broker has durably accepted it.
     fn publish(&self, record: Outbound<'_, M>)
     -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Whether `publish` has queued its write with the broker's client by the time its future
+    /// is first polled, so that writes started one after another reach the broker in that order
+    /// (Kafka's producer keeps the order of what it queued). An in-order lane then invokes its
+    /// next delivery while earlier outcomes are still on their way instead of waiting a broker
+    /// round trip per message; each delivery is still settled only once its own write is
+    /// durable. `false` by default: the lane waits for each write.
+    fn queues_in_call_order(&self) -> bool {
+        false
+    }
 }
 
 /// How a dispatch run ended.
@@ -208,10 +219,32 @@ impl Engine {
             // a limit of 1 a lane is processed strictly in order.
             let (engine, publisher, lanes) = (self.clone(), publisher.clone(), lanes.clone());
             tasks.spawn(async move {
+                let pipelined = publisher.queues_in_call_order();
+                // Outcomes still being written (pipelined lanes only); the worker ends after them,
+                // so the drain waits for them too.
+                let mut writing = JoinSet::new();
                 let mut current = Some((delivery, permit));
                 while let Some((delivery, permit)) = current.take() {
-                    engine.handle(&*publisher, delivery).await;
-                    drop(permit);
+                    if pipelined {
+                        while writing.try_join_next().is_some() {}
+                        let invoked = engine.invoke(delivery).await;
+                        let (e, p) = (engine.clone(), publisher.clone());
+                        let mut write = Box::pin(async move {
+                            e.settle(&*p, invoked).await;
+                            drop(permit);
+                        });
+                        // Its first poll queues the write, so the next outcome cannot overtake it.
+                        let first = std::future::poll_fn(|cx| {
+                            std::task::Poll::Ready(write.as_mut().poll(cx))
+                        })
+                        .await;
+                        if first.is_pending() {
+                            writing.spawn(write);
+                        }
+                    } else {
+                        engine.handle(&*publisher, delivery).await;
+                        drop(permit);
+                    }
                     let mut map = lanes.lock().expect("lane map lock");
                     let state = map.get_mut(&lane).expect("a running lane has an entry");
                     if engine.shutdown().is_cancelled() {
@@ -227,6 +260,9 @@ impl Engine {
                             map.remove(&lane);
                         }
                     }
+                }
+                while let Some(done) = writing.join_next().await {
+                    log_task_end(done);
                 }
             });
         };
@@ -260,9 +296,15 @@ impl Engine {
         A: Acknowledger,
         P: Publisher<M>,
     {
+        let invoked = self.invoke(delivery).await;
+        self.settle(publisher, invoked).await;
+    }
+
+    /// Calls the function for one delivery: what is to be written about it.
+    async fn invoke<M, A>(&self, delivery: Delivery<M, A>) -> Invoked<M, A> {
         let Delivery { message, meta, ack } = delivery;
         let headers = if message.headers.is_empty() {
-            Cow::Borrowed(self.default_headers())
+            None
         } else {
             let mut h: HeaderSet = self.default_headers().clone();
             let skipped = h.merge(
@@ -277,28 +319,21 @@ impl Engine {
                     "inbound headers not valid in HTTP were not forwarded"
                 );
             }
-            Cow::Owned(h)
+            Some(h)
         };
+        let request_headers = headers.as_ref().unwrap_or(self.default_headers());
         let common = &self.settings().common;
-        let empty = HeaderMap::new();
-        let written = match self.invoker().invoke(&message.payload, &headers).await {
+        let outcome = match self
+            .invoker()
+            .invoke(&message.payload, request_headers)
+            .await
+        {
             Outcome::Success(response) => {
                 self.metrics().succeeded.inc();
                 tracing::debug!(status = response.status.as_u16(), "function succeeded");
-                match &common.response_topic {
-                    Some(topic) => publisher
-                        .publish(Outbound {
-                            destination: Destination::Response,
-                            topic,
-                            body: response.body,
-                            headers: &response.headers,
-                            request_headers: &headers,
-                            message: &message,
-                            meta: &meta,
-                        })
-                        .await
-                        .map_err(|e| (Destination::Response, e)),
-                    None => Ok(()),
+                Written::Response {
+                    body: response.body,
+                    headers: response.headers,
                 }
             }
             Outcome::Failure(failure) => {
@@ -306,7 +341,7 @@ impl Engine {
                 let document = ErrorDocument {
                     message: &message.payload,
                     http_endpoint: &common.http_endpoint,
-                    headers: &headers,
+                    headers: request_headers,
                     response_body: &failure.body,
                     status: failure.status.map(|s| s.as_u16()),
                     source_name: &common.source_name,
@@ -321,30 +356,73 @@ impl Engine {
                     error = failure.last_error.as_deref(),
                     "function invocation failed"
                 );
-                let body = Bytes::from(document.encode());
-                match &common.error_topic {
-                    Some(topic) => publisher
-                        .publish(Outbound {
-                            destination: Destination::Error,
-                            topic,
-                            body,
-                            headers: &empty,
-                            request_headers: &headers,
-                            message: &message,
-                            meta: &meta,
-                        })
-                        .await
-                        .map_err(|e| (Destination::Error, e)),
-                    None => {
-                        tracing::warn!("ERROR_TOPIC is not set; the error document is discarded");
-                        tracing::debug!(
-                            document = %String::from_utf8_lossy(&body),
-                            "discarded error document"
-                        );
-                        Ok(())
-                    }
-                }
+                Written::Error(Bytes::from(document.encode()))
             }
+        };
+        Invoked {
+            message,
+            meta,
+            ack,
+            headers,
+            outcome,
+        }
+    }
+
+    /// Writes what the call produced, then settles the delivery: acknowledged once the write
+    /// is durable, requeued if it failed.
+    async fn settle<M, A, P>(&self, publisher: &P, invoked: Invoked<M, A>)
+    where
+        A: Acknowledger,
+        P: Publisher<M>,
+    {
+        let Invoked {
+            message,
+            meta,
+            ack,
+            headers,
+            outcome,
+        } = invoked;
+        let request_headers = headers.as_ref().unwrap_or(self.default_headers());
+        let common = &self.settings().common;
+        let empty = HeaderMap::new();
+        let written = match outcome {
+            Written::Response { body, headers } => match &common.response_topic {
+                Some(topic) => publisher
+                    .publish(Outbound {
+                        destination: Destination::Response,
+                        topic,
+                        body,
+                        headers: &headers,
+                        request_headers,
+                        message: &message,
+                        meta: &meta,
+                    })
+                    .await
+                    .map_err(|e| (Destination::Response, e)),
+                None => Ok(()),
+            },
+            Written::Error(body) => match &common.error_topic {
+                Some(topic) => publisher
+                    .publish(Outbound {
+                        destination: Destination::Error,
+                        topic,
+                        body,
+                        headers: &empty,
+                        request_headers,
+                        message: &message,
+                        meta: &meta,
+                    })
+                    .await
+                    .map_err(|e| (Destination::Error, e)),
+                None => {
+                    tracing::warn!("ERROR_TOPIC is not set; the error document is discarded");
+                    tracing::debug!(
+                        document = %String::from_utf8_lossy(&body),
+                        "discarded error document"
+                    );
+                    Ok(())
+                }
+            },
         };
         let settled = match written {
             Ok(()) => ("ack", ack.ack().await),
@@ -380,6 +458,24 @@ impl Engine {
         }
         self.metrics().in_flight.dec();
     }
+}
+
+/// A delivery whose function call has ended, on its way to be written and settled.
+struct Invoked<M, A> {
+    message: Message,
+    meta: M,
+    ack: A,
+    /// The request's headers when the message added its own; `None`: the engine's defaults.
+    headers: Option<HeaderSet>,
+    outcome: Written,
+}
+
+/// What the call produced.
+enum Written {
+    /// A 2xx answer, for `RESPONSE_TOPIC`.
+    Response { body: Bytes, headers: HeaderMap },
+    /// The error document, for `ERROR_TOPIC`.
+    Error(Bytes),
 }
 
 fn log_task_end(done: Result<(), tokio::task::JoinError>) {

@@ -194,6 +194,84 @@ async fn lanes_run_in_order_and_in_parallel() {
     assert!(sink.max_in_flight() <= 4, "one at a time per lane");
 }
 
+/// Queues each write in the call, as Kafka's producer does, and holds it until released.
+struct QueuingPublisher {
+    queued: tokio::sync::watch::Sender<Vec<usize>>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl connector_core::Publisher<usize> for QueuingPublisher {
+    fn publish(
+        &self,
+        record: connector_core::Outbound<'_, usize>,
+    ) -> impl std::future::Future<Output = Result<(), connector_core::BoxError>> + Send {
+        self.queued.send_modify(|q| q.push(*record.meta));
+        let mut released = self.release.subscribe();
+        async move {
+            let _ = released.wait_for(|r| *r).await;
+            Ok(())
+        }
+    }
+
+    fn queues_in_call_order(&self) -> bool {
+        true
+    }
+}
+
+/// With a publisher that queues in call order, an ordered lane invokes its next message while
+/// the earlier outcomes are still being written: in order, each acked only once its own write
+/// is durable, and the in-flight bound still counts the ones being written.
+#[tokio::test]
+async fn an_ordered_lane_invokes_on_while_queued_outcomes_are_written() {
+    let sink = Sink::start().await;
+    let options = DispatchOptions {
+        max_in_flight: 3,
+        lane_concurrency: 1,
+    };
+    let engine = engine(&sink, options, &[]);
+    let (mut source, feed, log) = MemorySource::new();
+    for i in 0..6 {
+        feed.send(msg(&i.to_string(), Some(7))).unwrap();
+    }
+    let taken = source.taken.clone();
+    let publisher = Arc::new(QueuingPublisher {
+        queued: tokio::sync::watch::channel(Vec::new()).0,
+        release: tokio::sync::watch::channel(false).0,
+    });
+    let (p, e) = (publisher.clone(), engine.clone());
+    let run = tokio::spawn(async move {
+        let _feed = feed;
+        e.dispatch(&mut source, &p).await
+    });
+    let mut queued = publisher.queued.subscribe();
+    tokio::time::timeout(WAIT, queued.wait_for(|q| q.len() == 3))
+        .await
+        .expect("three outcomes queued while none is durable")
+        .unwrap();
+    assert_eq!(*publisher.queued.borrow(), vec![0, 1, 2]);
+    assert!(
+        log.acked().is_empty(),
+        "nothing acked before its write is durable"
+    );
+    assert_eq!(taken.load(Ordering::SeqCst), 3, "the in-flight bound holds");
+    assert_eq!(sink.count(), 3);
+    publisher.release.send_replace(true);
+    log.wait_for_settled(6, WAIT).await;
+    assert_eq!(*publisher.queued.borrow(), (0..6).collect::<Vec<_>>());
+    let bodies: Vec<String> = sink
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8(r.body.to_vec()).unwrap())
+        .collect();
+    assert_eq!(bodies, (0..6).map(|i| i.to_string()).collect::<Vec<_>>());
+    let mut acked = log.acked();
+    acked.sort();
+    assert_eq!(acked, (0..6).collect::<Vec<_>>());
+    engine.shutdown().cancel();
+    assert_eq!(run.await.unwrap(), DispatchEnd::Shutdown);
+    assert_eq!(engine.metrics().in_flight.get(), 0);
+}
+
 #[tokio::test]
 async fn success_publishes_response_then_acks() {
     let sink = Sink::start().await;

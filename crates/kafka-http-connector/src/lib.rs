@@ -505,7 +505,12 @@ struct KafkaPublisher {
 }
 
 impl Publisher<()> for KafkaPublisher {
-    async fn publish(&self, record: Outbound<'_, ()>) -> Result<(), BoxError> {
+    /// The record is queued with the producer in this call (not on the future's first poll),
+    /// which keeps what is queued in order per partition.
+    fn publish(
+        &self,
+        record: Outbound<'_, ()>,
+    ) -> impl std::future::Future<Output = Result<(), BoxError>> + Send {
         let mut out = FutureRecord::<[u8], [u8]>::to(record.topic).payload(&record.body[..]);
         // The source key keeps responses and errors in the source's partition order.
         if let Some(key) = &record.message.key {
@@ -521,10 +526,19 @@ impl Publisher<()> for KafkaPublisher {
             }
             out = out.headers(headers);
         }
-        self.producer
-            .send(out, Duration::from_secs(5))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| Box::new(e) as BoxError)
+        // A full queue is an error like any other failed write (the record is requeued): with
+        // at most MAX_IN_FLIGHT outcomes outstanding it does not fill at librdkafka's defaults.
+        let queued = self.producer.send_result(out).map_err(|(e, _)| e);
+        async move {
+            match queued?.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(Box::new(e) as BoxError),
+                Err(_cancelled) => Err("the producer went away before the delivery report".into()),
+            }
+        }
+    }
+
+    fn queues_in_call_order(&self) -> bool {
+        true
     }
 }

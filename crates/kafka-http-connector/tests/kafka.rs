@@ -378,14 +378,31 @@ async fn order_is_kept_within_a_partition_while_partitions_run_in_parallel() {
     let b = Backend::tansu().await;
     let n = setup(&b, 3).await;
     let sink = Sink::start().await;
-    sink.respond(|_| Reply::status(200).delay(Duration::from_millis(15)));
+    sink.respond(|r| {
+        Reply::status(200)
+            .body(r.body.clone())
+            .delay(Duration::from_millis(15))
+    });
     let records: Vec<Record> = (0..3)
         .flat_map(|p| (0..12).map(move |i| rec(Some(p), None, format!("{p}:{i:02}"))))
         .collect();
     produce(&b, &n.source, &records).await;
     let mut proc = Process::start(BIN, &env(&b, &n, &sink, &[]));
-    read(&b, &n.response, 1, 36).await;
+    let responses = read(&b, &n.response, 1, 36).await;
     proc.stop().await;
+    // The responses too: a partition's next record is invoked while the previous response is
+    // still being produced, and they must still come out in the source's order.
+    let mut answered: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in &responses {
+        let body = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
+        answered.entry(body[..1].to_owned()).or_default().push(body);
+    }
+    for (p, bodies) in &answered {
+        let mut sorted = bodies.clone();
+        sorted.sort();
+        assert_eq!(bodies, &sorted, "responses of partition {p} in order");
+        assert_eq!(bodies.len(), 12);
+    }
     let mut per_partition: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in sink.requests() {
         let body = String::from_utf8(r.body.to_vec()).unwrap();
