@@ -64,6 +64,7 @@ impl Connector for KinesisConnector {
         DispatchOptions {
             max_in_flight: 1 << 20,
             lane_concurrency: 1,
+            write_ahead: 0,
         }
     }
 

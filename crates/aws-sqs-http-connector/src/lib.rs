@@ -62,6 +62,7 @@ impl Connector for SqsConnector {
         DispatchOptions {
             max_in_flight: self.config.max_in_flight,
             lane_concurrency: 1,
+            write_ahead: 0,
         }
     }
 

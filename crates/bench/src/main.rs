@@ -245,6 +245,7 @@ async fn bare_hop(latency: Duration, in_flight: usize, n: u64) -> f64 {
         connector_core::DispatchOptions {
             max_in_flight: in_flight,
             lane_concurrency: 0,
+            write_ahead: 0,
         },
         "bench/hop",
     );

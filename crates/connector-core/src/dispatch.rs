@@ -2,7 +2,8 @@
 //! only when that write is durable, settle the delivery.
 //!
 //! Invariants kept here so no connector has to:
-//! - never more than `max_in_flight` deliveries held, whatever the backlog;
+//! - never more than `max_in_flight` deliveries held, whatever the backlog (plus at most
+//!   `write_ahead` whose call has ended and whose outcome is being written);
 //! - deliveries of one lane are invoked one at a time, in order, when ordering is on (with a
 //!   publisher that queues writes in call order, the next is invoked while earlier outcomes are
 //!   still being written: [`Publisher::queues_in_call_order`]);
@@ -165,6 +166,8 @@ impl Engine {
         P: Publisher<S::Meta>,
     {
         let permits = Arc::new(Semaphore::new(self.options().max_in_flight.max(1)));
+        let write_ahead = self.options().write_ahead;
+        let writes = (write_ahead > 0).then(|| Arc::new(Semaphore::new(write_ahead)));
         let lanes: LaneQueues<S::Meta, S::Ack> = Arc::default();
         let mut tasks = JoinSet::new();
         let shutdown = self.shutdown().clone();
@@ -196,10 +199,23 @@ impl Engine {
             let limit = self.options().lane_concurrency;
             let lane = delivery.message.lane.filter(|_| limit > 0);
             let Some(lane) = lane else {
-                let (engine, publisher) = (self.clone(), publisher.clone());
+                let (engine, publisher, writes) = (self.clone(), publisher.clone(), writes.clone());
                 tasks.spawn(async move {
-                    engine.handle(&*publisher, delivery).await;
+                    let Some(writes) = writes else {
+                        engine.handle(&*publisher, delivery).await;
+                        drop(permit);
+                        return;
+                    };
+                    let invoked = engine.invoke(delivery).await;
+                    // The call's slot goes to the next delivery once this outcome has a write
+                    // slot; with none free the call's slot is held (back-pressure).
+                    let write = writes
+                        .acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed");
                     drop(permit);
+                    engine.settle(&*publisher, invoked).await;
+                    drop(write);
                 });
                 continue;
             };

@@ -19,6 +19,24 @@ pub struct DispatchOptions {
     /// Most deliveries of one [`Lane`](crate::dispatch::Lane) running at once: `1` processes
     /// each lane strictly in order, `k > 1` runs up to `k` per lane unordered, `0` ignores lanes.
     pub lane_concurrency: usize,
+    /// Deliveries outside lanes whose function call has ended and whose outcome is still being
+    /// written, held besides the `max_in_flight` calls: the next call starts while the broker
+    /// confirms the previous outcome, instead of each slot waiting a confirm round trip. `0`:
+    /// a delivery holds its slot until it is settled. A source whose broker bounds unsettled
+    /// deliveries (a prefetch) must allow `max_in_flight + write_ahead` for this to help.
+    pub write_ahead: usize,
+}
+
+/// One delivery at a time, no lanes, no write-ahead; name the fields that differ and take the
+/// rest from here (`..DispatchOptions::default()`), so fields added later need no change.
+impl Default for DispatchOptions {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 1,
+            lane_concurrency: 0,
+            write_ahead: 0,
+        }
+    }
 }
 
 /// Everything a connector needs from the core, built once at start.

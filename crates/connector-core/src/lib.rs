@@ -75,7 +75,7 @@
 //!     }
 //!
 //!     fn dispatch_options(&self) -> DispatchOptions {
-//!         DispatchOptions { max_in_flight: 4, lane_concurrency: 0 }
+//!         DispatchOptions { max_in_flight: 4, ..DispatchOptions::default() }
 //!     }
 //!
 //!     // Connect (a real connector loops with `engine.connect` and a backoff), then dispatch.

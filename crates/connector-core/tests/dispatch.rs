@@ -83,6 +83,7 @@ fn unordered(n: usize) -> DispatchOptions {
     DispatchOptions {
         max_in_flight: n,
         lane_concurrency: 0,
+        write_ahead: 0,
     }
 }
 
@@ -171,6 +172,7 @@ async fn lanes_run_in_order_and_in_parallel() {
     let options = DispatchOptions {
         max_in_flight: 16,
         lane_concurrency: 1,
+        write_ahead: 0,
     };
     let engine = engine(&sink, options, &[]);
     let messages = (0..10)
@@ -227,6 +229,7 @@ async fn an_ordered_lane_invokes_on_while_queued_outcomes_are_written() {
     let options = DispatchOptions {
         max_in_flight: 3,
         lane_concurrency: 1,
+        write_ahead: 0,
     };
     let engine = engine(&sink, options, &[]);
     let (mut source, feed, log) = MemorySource::new();
@@ -267,6 +270,53 @@ async fn an_ordered_lane_invokes_on_while_queued_outcomes_are_written() {
     let mut acked = log.acked();
     acked.sort();
     assert_eq!(acked, (0..6).collect::<Vec<_>>());
+    engine.shutdown().cancel();
+    assert_eq!(run.await.unwrap(), DispatchEnd::Shutdown);
+    assert_eq!(engine.metrics().in_flight.get(), 0);
+}
+
+/// With a write-ahead, a call's slot goes to the next delivery while its outcome waits for the
+/// broker: calls stay bounded by `max_in_flight`, outcomes being written by `write_ahead`, and
+/// nothing is acked before its write is durable.
+#[tokio::test]
+async fn write_ahead_starts_the_next_call_while_outcomes_wait_for_the_broker() {
+    let sink = Sink::start().await;
+    let options = DispatchOptions {
+        max_in_flight: 2,
+        write_ahead: 2,
+        ..DispatchOptions::default()
+    };
+    let engine = engine(&sink, options, &[]);
+    let (mut source, feed, log) = MemorySource::new();
+    for i in 0..8 {
+        feed.send(msg(&i.to_string(), None)).unwrap();
+    }
+    let taken = source.taken.clone();
+    let publisher = Arc::new(QueuingPublisher {
+        queued: tokio::sync::watch::channel(Vec::new()).0,
+        release: tokio::sync::watch::channel(false).0,
+    });
+    let (p, e) = (publisher.clone(), engine.clone());
+    let run = tokio::spawn(async move {
+        let _feed = feed;
+        e.dispatch(&mut source, &p).await
+    });
+    // Two outcomes being written hold the write slots; two more calls have ended and wait for
+    // one, holding the call slots: four taken, no fifth.
+    sink.wait_for_requests(4, WAIT).await;
+    let mut queued = publisher.queued.subscribe();
+    tokio::time::timeout(WAIT, queued.wait_for(|q| q.len() == 2))
+        .await
+        .expect("two outcomes being written")
+        .unwrap();
+    assert_eq!(taken.load(Ordering::SeqCst), 4);
+    assert!(log.acked().is_empty(), "nothing acked before its write is durable");
+    publisher.release.send_replace(true);
+    log.wait_for_settled(8, WAIT).await;
+    let mut acked = log.acked();
+    acked.sort();
+    assert_eq!(acked, (0..8).collect::<Vec<_>>());
+    assert!(sink.max_in_flight() <= 2, "calls bounded by max_in_flight");
     engine.shutdown().cancel();
     assert_eq!(run.await.unwrap(), DispatchEnd::Shutdown);
     assert_eq!(engine.metrics().in_flight.get(), 0);
@@ -392,6 +442,7 @@ async fn lane_concurrency_bounds_each_lane_without_ordering() {
     let options = DispatchOptions {
         max_in_flight: 50,
         lane_concurrency: 2,
+        write_ahead: 0,
     };
     let engine = engine(&sink, options, &[]);
     // Two lanes of 10: at most 2 of each run at once.

@@ -146,6 +146,7 @@ async fn run_case(
         DispatchOptions {
             max_in_flight: 1,
             lane_concurrency: 0,
+            write_ahead: 0,
         },
         "golden-test",
     );

@@ -47,6 +47,7 @@ impl Connector for PubSubConnector {
             max_in_flight: self.config.max_in_flight,
             // Messages with an ordering key run one at a time per key, in order.
             lane_concurrency: 1,
+            write_ahead: 0,
         }
     }
 

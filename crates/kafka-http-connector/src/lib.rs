@@ -52,6 +52,7 @@ impl Connector for KafkaConnector {
         DispatchOptions {
             max_in_flight: self.config.max_in_flight,
             lane_concurrency: self.config.partition_concurrency,
+            write_ahead: 0,
         }
     }
 

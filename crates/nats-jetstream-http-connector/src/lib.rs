@@ -48,6 +48,7 @@ impl Connector for NatsConnector {
         DispatchOptions {
             max_in_flight: self.config.concurrent,
             lane_concurrency: 0,
+            write_ahead: 0,
         }
     }
 

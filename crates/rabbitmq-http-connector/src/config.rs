@@ -14,7 +14,8 @@ pub struct RabbitConfig {
     pub tls: OwnedTLSConfig,
     /// The source queue, `TOPIC`.
     pub queue: String,
-    /// `CONCURRENT`: in-flight bound, and prefetch (`basic.qos`) up to its limit of 65535.
+    /// `CONCURRENT`: calls at once; twice that is the prefetch (`basic.qos`), up to its limit
+    /// of 65535.
     pub concurrent: u32,
 }
 
@@ -30,9 +31,10 @@ impl std::fmt::Debug for RabbitConfig {
 }
 
 impl RabbitConfig {
-    /// The prefetch count for `basic.qos`: `CONCURRENT`, within AMQP's 16 bits.
+    /// The prefetch count for `basic.qos`: `CONCURRENT` calls plus as many outcomes waiting for
+    /// their confirm (the dispatcher's write-ahead), within AMQP's 16 bits.
     pub fn prefetch(&self) -> u16 {
-        u16::try_from(self.concurrent).unwrap_or(u16::MAX)
+        u16::try_from(self.concurrent.saturating_mul(2)).unwrap_or(u16::MAX)
     }
 }
 
@@ -280,7 +282,8 @@ mod tests {
             (own.query.heartbeat, own.query.frame_max),
             (Some(5), Some(8192))
         );
-        assert_eq!(parse(&[("CONCURRENT", " 3 ")]).unwrap().concurrent, 3);
+        let three = parse(&[("CONCURRENT", " 3 ")]).unwrap();
+        assert_eq!((three.concurrent, three.prefetch()), (3, 6));
         let many = parse(&[("CONCURRENT", "100000")]).unwrap();
         assert_eq!((many.concurrent, many.prefetch()), (100_000, u16::MAX));
         for bad in ["0", "-1", "ten", "2000000"] {

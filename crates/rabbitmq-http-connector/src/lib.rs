@@ -1,8 +1,10 @@
 //! RabbitMQ glue for `connector-core`: a queue consumer as the [`Source`], publisher-confirmed
 //! writes to the default exchange as the [`Publisher`], and reconnection.
 //!
-//! Ack model: `basic.ack` per delivery after the outcome is confirmed by the broker; prefetch
-//! (`basic.qos`) = `CONCURRENT`, so unacknowledged deliveries never exceed it. Whatever is not
+//! Ack model: `basic.ack` per delivery after the outcome is confirmed by the broker; at most
+//! `CONCURRENT` calls at once, and prefetch (`basic.qos`) = 2 × `CONCURRENT` so the next calls
+//! start while earlier outcomes wait for their confirm; unacknowledged deliveries never exceed
+//! the prefetch. Whatever is not
 //! acknowledged when the channel closes (shutdown, crash, lost connection) is requeued by the
 //! broker.
 
@@ -49,6 +51,9 @@ impl Connector for RabbitConnector {
         DispatchOptions {
             max_in_flight: self.config.concurrent as usize,
             lane_concurrency: 0,
+            // While a response waits for its publisher confirm (a disk write for a persistent
+            // message), the next delivery's call runs (`RabbitConfig::prefetch` allows for it).
+            write_ahead: self.config.concurrent as usize,
         }
     }
 

@@ -418,9 +418,15 @@ async fn never_more_than_concurrent_unacked() {
     }
     let mut proc = Process::start(BIN, &env(&q, &sink, &[("CONCURRENT", "3")]));
     sink.wait_for_in_flight(3, WAIT).await;
-    // The broker handed out exactly CONCURRENT deliveries: prefetch bounds what the pod holds.
-    assert_eq!(q.ready(&q.source).await, 17);
-    assert_eq!(sink.count(), 3);
+    // The prefetch bounds what the pod holds: CONCURRENT calls, and as many deliveries again
+    // to start while earlier outcomes wait for their confirm. The broker hands them out
+    // asynchronously, so wait for the queue to reach that depth; it must go no lower.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while q.ready(&q.source).await > 14 && tokio::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(q.ready(&q.source).await, 14);
+    assert_eq!(sink.count(), 3, "only CONCURRENT calls at once");
     sink.set_gate(true);
     q.take(&q.response, 20, WAIT).await;
     assert_eq!(sink.max_in_flight(), 3);

@@ -57,6 +57,7 @@ impl Connector for RedisConnector {
         DispatchOptions {
             max_in_flight: self.config.max_in_flight,
             lane_concurrency: 0,
+            write_ahead: 0,
         }
     }
 

@@ -47,7 +47,7 @@ impl Connector for PgQueue {
         let max_in_flight = self.max_in_flight;
         DispatchOptions {
             max_in_flight,
-            lane_concurrency: 0,
+            ..DispatchOptions::default()
         }
     }
 
