@@ -9,6 +9,7 @@
 //! Little's-law bound (in-flight ÷ latency).
 
 mod brokers;
+mod ceiling;
 mod sink;
 
 use brokers::{Broker, Setup};
@@ -42,6 +43,7 @@ struct Row {
     messages: u64,
     msgs_per_s: f64,
     hop_msgs_per_s: f64,
+    ceiling_msgs_per_s: Option<f64>,
     littles_bound: Option<f64>,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
@@ -271,6 +273,29 @@ async fn bare_hop(latency: Duration, in_flight: usize, n: u64) -> f64 {
     rate(&seen, n)
 }
 
+/// The broker ceiling for a fast-sink scenario: the same backlog on a fresh set-up, drained by
+/// [`ceiling::measure`]'s loop with no HTTP call.
+async fn broker_ceiling(broker: Broker, sc: &Scenario) -> Result<Option<f64>, Error> {
+    // Kafka's outcomes in flight are bounded by MAX_IN_FLIGHT (100 unset), not by the
+    // one-partition lane that bounds its calls.
+    let held = if sc.defaults && broker == Broker::Kafka {
+        100
+    } else {
+        sc.in_flight
+    };
+    let setup = Setup::new(broker, Some(sc.in_flight)).await?;
+    eprintln!(
+        "bench: {} / {}: broker ceiling on {} messages",
+        broker.name(),
+        sc.name,
+        sc.messages
+    );
+    setup.loader.publish(0, sc.messages).await?;
+    let rate = ceiling::measure(broker, &setup, sc.messages, held).await;
+    setup.loader.cleanup(&setup.env).await;
+    rate
+}
+
 async fn run_one(args: &Args, broker: Broker, sc: &Scenario, ticks: f64) -> Result<Row, Error> {
     let setup = Setup::new(broker, (!sc.defaults).then_some(sc.in_flight)).await?;
     let (url, seen) = sink::start(sc.latency, 100).await;
@@ -488,7 +513,7 @@ fn f(v: Option<f64>, digits: usize) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| broker | scenario | msgs | msgs/s | bare hop msgs/s | % of hop | Little's bound | % of bound | p50 ms | p99 ms | peak RSS MB | idle RSS MB | RSS min–max MB | CPU s / 10k | cold start ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| broker | scenario | msgs | msgs/s | bare hop msgs/s | % of hop | broker ceiling msgs/s | % of min(hop, ceiling) | Little's bound | % of bound | p50 ms | p99 ms | peak RSS MB | idle RSS MB | RSS min–max MB | CPU s / 10k | cold start ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let broker = if r.label.is_empty() {
@@ -498,14 +523,14 @@ fn table(rows: &[Row]) -> String {
         };
         if let Some(e) = &r.error {
             out.push_str(&format!(
-                "| {broker} | {} | {} | failed: {e} |||||||||||||\n",
+                "| {broker} | {} | {} | failed: {e} |||||||||||||||\n",
                 r.scenario, r.messages
             ));
             continue;
         }
         if r.messages == 0 {
             out.push_str(&format!(
-                "| {broker} | {} | – | – | – | – | – | – | – | – | {:.1} | {} | – | – | {:.0} (to ready) |\n",
+                "| {broker} | {} | – | – | – | – | – | – | – | – | – | – | {:.1} | {} | – | – | {:.0} (to ready) |\n",
                 r.scenario,
                 r.peak_rss_mb,
                 f(r.idle_rss_mb, 1),
@@ -515,13 +540,18 @@ fn table(rows: &[Row]) -> String {
         }
         let pct_hop = (r.hop_msgs_per_s > 0.0).then(|| r.msgs_per_s / r.hop_msgs_per_s * 100.0);
         let pct_bound = r.littles_bound.map(|b| r.msgs_per_s / b * 100.0);
+        let pct_limit = r
+            .ceiling_msgs_per_s
+            .map(|c| r.msgs_per_s / c.min(r.hop_msgs_per_s) * 100.0);
         out.push_str(&format!(
-            "| {broker} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {:.3} | {:.0} |\n",
+            "| {broker} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {:.3} | {:.0} |\n",
             r.scenario,
             r.messages,
             r.msgs_per_s,
             r.hop_msgs_per_s,
             f(pct_hop, 0),
+            f(r.ceiling_msgs_per_s, 0),
+            f(pct_limit, 0),
             f(r.littles_bound, 0),
             f(pct_bound, 0),
             f(r.p50_ms, 1),
@@ -544,6 +574,7 @@ fn json(rows: &[Row], machine: &str) -> serde_json::Value {
                 "broker": r.broker, "label": r.label, "scenario": r.scenario,
                 "in_flight": r.in_flight, "sink_latency_ms": r.latency_ms, "messages": r.messages,
                 "msgs_per_s": r.msgs_per_s, "bare_hop_msgs_per_s": r.hop_msgs_per_s,
+                "broker_ceiling_msgs_per_s": r.ceiling_msgs_per_s,
                 "littles_bound_msgs_per_s": r.littles_bound, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
                 "peak_rss_mb": r.peak_rss_mb, "idle_rss_mb": r.idle_rss_mb,
                 "rss_min_max_mb": r.rss_range_mb.map(|(a, b)| [a, b]),
@@ -598,6 +629,16 @@ async fn main() -> std::process::ExitCode {
                 }
             };
             row.hop_msgs_per_s = hops.get(&key).copied().unwrap_or(0.0);
+            if row.error.is_none() && sc.latency.is_zero() && sc.messages > 0 && !sc.backlog {
+                match broker_ceiling(broker, &sc).await {
+                    Ok(c) => row.ceiling_msgs_per_s = c,
+                    Err(e) => eprintln!(
+                        "bench: {} / {}: no broker ceiling: {e}",
+                        broker.name(),
+                        sc.name
+                    ),
+                }
+            }
             eprintln!(
                 "{}",
                 table(std::slice::from_ref(&row))

@@ -213,8 +213,21 @@ impl Engine {
                         .acquire_owned()
                         .await
                         .expect("the semaphore is never closed");
+                    let mut settle = std::pin::pin!(engine.settle(&*publisher, invoked));
+                    let mut done = false;
+                    if publisher.queues_in_call_order() {
+                        // Queued before the next call can start, so with one call at a time the
+                        // outcomes reach the broker in the order of the calls.
+                        done = std::future::poll_fn(|cx| {
+                            std::task::Poll::Ready(settle.as_mut().poll(cx))
+                        })
+                        .await
+                        .is_ready();
+                    }
                     drop(permit);
-                    engine.settle(&*publisher, invoked).await;
+                    if !done {
+                        settle.await;
+                    }
                     drop(write);
                 });
                 continue;

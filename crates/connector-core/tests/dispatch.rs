@@ -310,7 +310,10 @@ async fn write_ahead_starts_the_next_call_while_outcomes_wait_for_the_broker() {
         .expect("two outcomes being written")
         .unwrap();
     assert_eq!(taken.load(Ordering::SeqCst), 4);
-    assert!(log.acked().is_empty(), "nothing acked before its write is durable");
+    assert!(
+        log.acked().is_empty(),
+        "nothing acked before its write is durable"
+    );
     publisher.release.send_replace(true);
     log.wait_for_settled(8, WAIT).await;
     let mut acked = log.acked();

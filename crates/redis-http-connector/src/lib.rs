@@ -57,7 +57,10 @@ impl Connector for RedisConnector {
         DispatchOptions {
             max_in_flight: self.config.max_in_flight,
             lane_concurrency: 0,
-            write_ahead: 0,
+            // The next call starts while the outcome's RPUSH and LREM make their round trips;
+            // the RPUSH is queued first (`queues_in_call_order`), so MAX_IN_FLIGHT=1 keeps the
+            // responses in the list's order.
+            write_ahead: self.config.max_in_flight,
         }
     }
 
@@ -628,6 +631,13 @@ impl Publisher<()> for RedisPublisher {
         let mut conn = self.conn.clone();
         let _: usize = conn.rpush(record.topic, &record.body[..]).await?;
         Ok(())
+    }
+
+    /// The first poll hands the `RPUSH` to the connection's queue, which writes commands in the
+    /// order they were queued (while connected; during a reconnect every write fails and is
+    /// retried anyway).
+    fn queues_in_call_order(&self) -> bool {
+        true
     }
 }
 

@@ -90,6 +90,26 @@ fn env(l: &Lists, sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static 
     with_overrides(v, extra)
 }
 
+/// At the default in-flight bound of 1 the list is handled in order, as by the original, and
+/// the responses come out in that order too, though the next call starts while the previous
+/// outcome is still being written.
+#[tokio::test]
+async fn default_in_flight_keeps_the_list_order_in_calls_and_responses() {
+    let mut r = redis().await;
+    let l = Lists::new();
+    let sink = Sink::start().await;
+    sink.respond(|req| Reply::status(200).body(req.body.clone()));
+    let payloads: Vec<Vec<u8>> = (0..200).map(|i| format!("{i:03}").into_bytes()).collect();
+    let _: usize = r.rpush(&l.source, &payloads).await.unwrap();
+    let mut proc = Process::start(BIN, &env(&l, &sink, &[]));
+    let got = take(&mut r, &l.response, 200).await;
+    proc.stop().await;
+    assert_eq!(got, payloads, "responses in the list's order");
+    let called: Vec<Vec<u8>> = sink.requests().iter().map(|q| q.body.to_vec()).collect();
+    assert_eq!(called, payloads, "calls in the list's order");
+    assert_eq!(sink.max_in_flight(), 1);
+}
+
 #[tokio::test]
 async fn happy_path_responses_byte_equal_and_nothing_left_behind() {
     let mut r = redis().await;
