@@ -175,54 +175,62 @@ async fn kafka(
     Ok(per_second(n, started.unwrap_or_else(Instant::now)))
 }
 
-/// As the connector: `BLMOVE` from the list into a processing list, `RPUSH` of the response,
-/// `LREM` from the processing list; `in_flight` such loops at once.
+/// As the connector: a fetcher `BLMOVE`s each message into a processing list on its own
+/// connection, running ahead; on another, the response's `RPUSH` then the `LREM` from the
+/// processing list, for up to twice `in_flight` messages at once (the connector's calls and
+/// its write-ahead).
 async fn redis(list: &str, resp: &str, n: u64, in_flight: usize) -> Result<f64, Error> {
     use redis::AsyncCommands as _;
     let client = redis::Client::open("redis://127.0.0.1:6379")?;
     let processing = format!("{list}-ceiling-processing");
-    let left = Arc::new(std::sync::atomic::AtomicU64::new(n));
+    let mut fetch = client.get_multiplexed_async_connection().await?;
+    let write = client.get_multiplexed_async_connection().await?;
+    let held = in_flight.max(1) * 2;
+    // The fetcher runs ahead of the writes as the connector's does, handing over through a
+    // channel as deep as what may be held.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(held);
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..in_flight.max(1) {
-        // Its own connection per loop, as the connector's fetcher and writer are apart.
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let (list, resp, processing, left) = (
-            list.to_owned(),
-            resp.to_owned(),
-            processing.clone(),
-            left.clone(),
-        );
-        tasks.spawn(async move {
-            loop {
-                let claimed = left.fetch_update(
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                    |l| l.checked_sub(1),
-                );
-                if claimed.is_err() {
-                    return Ok::<_, Error>(());
-                }
-                let payload: Option<Vec<u8>> = conn
+    let fetcher = {
+        let (list, processing) = (list.to_owned(), processing.clone());
+        tokio::spawn(async move {
+            for _ in 0..n {
+                let payload: Option<Vec<u8>> = fetch
                     .blmove(
                         &list,
                         &processing,
-                        redis::Direction::Right,
                         redis::Direction::Left,
+                        redis::Direction::Right,
                         5.0,
                     )
                     .await?;
                 let payload = payload.ok_or("the list ran dry")?;
-                let _: usize = conn.rpush(&resp, &payload).await?;
-                let _: usize = conn.lrem(&processing, 1, &payload).await?;
+                if tx.send(payload).await.is_err() {
+                    break;
+                }
             }
+            Ok::<_, Error>(fetch)
+        })
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(held));
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(payload) = rx.recv().await {
+        let permit = permits.clone().acquire_owned().await?;
+        let (mut conn, resp, processing) = (write.clone(), resp.to_owned(), processing.clone());
+        tasks.spawn(async move {
+            let _: usize = conn.rpush(&resp, &payload).await?;
+            let _: usize = conn.lrem(&processing, 1, &payload).await?;
+            drop(permit);
+            Ok::<_, Error>(())
         });
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
     }
     while let Some(done) = tasks.join_next().await {
         done??;
     }
+    let mut fetch = fetcher.await??;
     let rate = per_second(n, started);
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let _: usize = conn.del(&processing).await?;
+    let _: usize = fetch.del(&processing).await?;
     Ok(rate)
 }
