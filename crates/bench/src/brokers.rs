@@ -63,6 +63,18 @@ impl Broker {
         }
     }
 
+    /// How the broker's processes are recognised in `/proc`: their command name (`comm`), or
+    /// a word of their command line.
+    pub fn process(self) -> &'static str {
+        match self {
+            Self::RabbitMq => "beam.smp",
+            Self::Kafka => "tansu",
+            Self::Redis => "redis-server",
+            Self::Nats => "nats-server",
+            Self::Sqs => "moto",
+        }
+    }
+
     /// A note printed with the broker's rows.
     pub fn label(self) -> &'static str {
         match self {

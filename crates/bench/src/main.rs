@@ -51,6 +51,7 @@ struct Row {
     idle_rss_mb: Option<f64>,
     rss_range_mb: Option<(f64, f64)>,
     cpu_s_per_10k: f64,
+    broker_cpu_s_per_10k: Option<f64>,
     cold_start_ms: f64,
     error: Option<String>,
 }
@@ -64,6 +65,7 @@ struct Args {
     quick: bool,
     only: Option<String>,
     env: Vec<(String, String)>,
+    compare: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -76,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
         quick: false,
         only: None,
         env: Vec::new(),
+        compare: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -109,6 +112,7 @@ fn parse_args() -> Result<Args, String> {
             "--out" => a.out = PathBuf::from(value("--out")?),
             "--quick" => a.quick = true,
             "--only" => a.only = Some(value("--only")?),
+            "--compare" => a.compare = Some(PathBuf::from(value("--compare")?)),
             "--env" => {
                 let kv = value("--env")?;
                 let (k, v) = kv.split_once('=').ok_or("--env takes NAME=VALUE")?;
@@ -119,7 +123,8 @@ fn parse_args() -> Result<Args, String> {
                     "usage: bench [--messages N (100000)] [--backlog N (1000000, 0 = skip)] \
                      [--brokers rabbitmq,kafka,redis,nats,sqs] [--bin-dir target/release] \
                      [--out bench/results] [--quick] [--only <scenario substring>] \
-                     [--env NAME=VALUE (extra connector variable, repeatable)]"
+                     [--env NAME=VALUE (extra connector variable, repeatable)] \
+                     [--compare BASELINE.json (ratios against an earlier run)]"
                         .into(),
                 );
             }
@@ -202,6 +207,31 @@ fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
     Some((utime + stime) / ticks)
+}
+
+/// CPU seconds used so far by every process of `broker` (see [`Broker::process`]).
+fn broker_cpu_seconds(broker: Broker, ticks: f64) -> Option<f64> {
+    let name = broker.process();
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let matches = comm.trim() == name
+            || cmdline
+                .split(|b| *b == 0)
+                .any(|arg| String::from_utf8_lossy(arg).contains(name) && !arg.is_empty());
+        if matches && let Some(cpu) = cpu_seconds(pid, ticks) {
+            *total.get_or_insert(0.0) += cpu;
+        }
+    }
+    total
 }
 
 fn clock_ticks() -> f64 {
@@ -354,6 +384,7 @@ async fn run_one(args: &Args, broker: Broker, sc: &Scenario, ticks: f64) -> Resu
             .map(|(f, _)| f)
             .expect("one POST");
         let cold = first.saturating_duration_since(started);
+        let broker_cpu_before = broker_cpu_seconds(broker, ticks);
         // RSS over the drain, sampled: for the backlog scenario, flat or not.
         let range: Arc<std::sync::Mutex<Option<(f64, f64)>>> = Arc::default();
         let sampled = range.clone();
@@ -380,6 +411,11 @@ async fn run_one(args: &Args, broker: Broker, sc: &Scenario, ticks: f64) -> Resu
             .into());
         }
         let msgs_per_s = rate(&seen, sc.messages);
+        let broker_cpu = broker_cpu_before
+            .zip(broker_cpu_seconds(broker, ticks))
+            .map(|(before, after)| {
+                (after - before) / sc.messages.saturating_sub(1).max(1) as f64 * 10_000.0
+            });
         let cpu = cpu_seconds(pid, ticks).unwrap_or(0.0);
         let peak = proc_status(pid, "VmHWM:").unwrap_or(0.0);
         sampling.abort();
@@ -421,6 +457,7 @@ async fn run_one(args: &Args, broker: Broker, sc: &Scenario, ticks: f64) -> Resu
             idle_rss_mb: idle,
             rss_range_mb: range.filter(|_| sc.backlog),
             cpu_s_per_10k: cpu / sc.messages as f64 * 10_000.0,
+            broker_cpu_s_per_10k: broker_cpu,
             cold_start_ms: cold.as_secs_f64() * 1000.0,
             ..Row::default()
         })
@@ -513,7 +550,7 @@ fn f(v: Option<f64>, digits: usize) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| broker | scenario | msgs | msgs/s | bare hop msgs/s | % of hop | broker ceiling msgs/s | % of min(hop, ceiling) | Little's bound | % of bound | p50 ms | p99 ms | peak RSS MB | idle RSS MB | RSS min–max MB | CPU s / 10k | cold start ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| broker | scenario | msgs | msgs/s | bare hop msgs/s | % of hop | broker ceiling msgs/s | % of min(hop, ceiling) | Little's bound | % of bound | p50 ms | p99 ms | peak RSS MB | idle RSS MB | RSS min–max MB | CPU s / 10k | broker CPU s / 10k | cold start ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let broker = if r.label.is_empty() {
@@ -523,14 +560,14 @@ fn table(rows: &[Row]) -> String {
         };
         if let Some(e) = &r.error {
             out.push_str(&format!(
-                "| {broker} | {} | {} | failed: {e} |||||||||||||||\n",
+                "| {broker} | {} | {} | failed: {e} ||||||||||||||||\n",
                 r.scenario, r.messages
             ));
             continue;
         }
         if r.messages == 0 {
             out.push_str(&format!(
-                "| {broker} | {} | – | – | – | – | – | – | – | – | – | – | {:.1} | {} | – | – | {:.0} (to ready) |\n",
+                "| {broker} | {} | – | – | – | – | – | – | – | – | – | – | {:.1} | {} | – | – | – | {:.0} (to ready) |\n",
                 r.scenario,
                 r.peak_rss_mb,
                 f(r.idle_rss_mb, 1),
@@ -544,7 +581,7 @@ fn table(rows: &[Row]) -> String {
             .ceiling_msgs_per_s
             .map(|c| r.msgs_per_s / c.min(r.hop_msgs_per_s) * 100.0);
         out.push_str(&format!(
-            "| {broker} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {:.3} | {:.0} |\n",
+            "| {broker} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {:.3} | {} | {:.0} |\n",
             r.scenario,
             r.messages,
             r.msgs_per_s,
@@ -560,7 +597,43 @@ fn table(rows: &[Row]) -> String {
             f(r.idle_rss_mb, 1),
             r.rss_range_mb.map_or("–".into(), |(lo, hi)| format!("{lo:.1}–{hi:.1}")),
             r.cpu_s_per_10k,
+            f(r.broker_cpu_s_per_10k, 3),
             r.cold_start_ms,
+        ));
+    }
+    out
+}
+
+/// Each figure of this run divided by the same figure of `baseline` (a results JSON written by
+/// an earlier run), per broker and scenario found in both: a change is judged by ratios on one
+/// machine, not by absolute numbers.
+fn compare(rows: &[Row], baseline: &serde_json::Value) -> String {
+    let mut out = String::from(
+        "| broker | scenario | msgs/s now ÷ then | CPU s / 10k now ÷ then | broker CPU now ÷ then | peak RSS now ÷ then |\n|---|---|---|---|---|---|\n",
+    );
+    let empty = Vec::new();
+    let base = baseline["rows"].as_array().unwrap_or(&empty);
+    let ratio = |now: Option<f64>, then: Option<f64>| match (now, then) {
+        (Some(n), Some(t)) if t > 0.0 => format!("{:.2}", n / t),
+        _ => "–".to_owned(),
+    };
+    for r in rows.iter().filter(|r| r.error.is_none()) {
+        let Some(b) = base
+            .iter()
+            .find(|b| b["broker"] == r.broker.as_str() && b["scenario"] == r.scenario.as_str())
+        else {
+            continue;
+        };
+        let num = |k: &str| b[k].as_f64();
+        let some = |v: f64| (v > 0.0).then_some(v);
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.broker,
+            r.scenario,
+            ratio(some(r.msgs_per_s), num("msgs_per_s")),
+            ratio(some(r.cpu_s_per_10k), num("cpu_s_per_10k")),
+            ratio(r.broker_cpu_s_per_10k, num("broker_cpu_s_per_10k")),
+            ratio(some(r.peak_rss_mb), num("peak_rss_mb")),
         ));
     }
     out
@@ -578,7 +651,7 @@ fn json(rows: &[Row], machine: &str) -> serde_json::Value {
                 "littles_bound_msgs_per_s": r.littles_bound, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
                 "peak_rss_mb": r.peak_rss_mb, "idle_rss_mb": r.idle_rss_mb,
                 "rss_min_max_mb": r.rss_range_mb.map(|(a, b)| [a, b]),
-                "cpu_s_per_10k": r.cpu_s_per_10k, "cold_start_ms": r.cold_start_ms, "error": r.error,
+                "cpu_s_per_10k": r.cpu_s_per_10k, "broker_cpu_s_per_10k": r.broker_cpu_s_per_10k, "cold_start_ms": r.cold_start_ms, "error": r.error,
             })
         })
         .collect();
@@ -649,7 +722,19 @@ async fn main() -> std::process::ExitCode {
             rows.push(row);
         }
     }
-    let text = table(&rows);
+    let mut text = table(&rows);
+    if let Some(path) = &args.compare {
+        match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(baseline) => {
+                text.push_str(&format!("\nCompared with {}:\n\n", path.display()));
+                text.push_str(&compare(&rows, &baseline));
+            }
+            Err(e) => eprintln!("bench: cannot read --compare {}: {e}", path.display()),
+        }
+    }
     // The table is the program's output.
     #[allow(clippy::print_stdout)]
     {
