@@ -47,6 +47,24 @@ pub async fn measure(
     Ok(Some(rate))
 }
 
+type Tasks = tokio::task::JoinSet<Result<(), Error>>;
+
+/// The first error of the tasks that have finished, if any.
+fn reap(tasks: &mut Tasks) -> Result<(), Error> {
+    while let Some(done) = tasks.try_join_next() {
+        done??;
+    }
+    Ok(())
+}
+
+/// Waits for every task; the first error.
+async fn join_all(tasks: &mut Tasks) -> Result<(), Error> {
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
 fn per_second(n: u64, started: Instant) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
@@ -103,13 +121,9 @@ async fn rabbitmq(url: &str, queue: &str, resp: &str, n: u64, calls: usize) -> R
             delivery.ack(BasicAckOptions::default()).await?;
             Ok::<_, Error>(())
         });
-        while let Some(done) = tasks.try_join_next() {
-            done??;
-        }
+        reap(&mut tasks)?;
     }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
+    join_all(&mut tasks).await?;
     let rate = per_second(n, started.unwrap_or_else(Instant::now));
     let _ = conn.close(200, "done".into()).await;
     Ok(rate)
@@ -165,13 +179,9 @@ async fn kafka(
             drop(permit);
             Ok::<_, Error>(())
         });
-        while let Some(done) = tasks.try_join_next() {
-            done??;
-        }
+        reap(&mut tasks)?;
     }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
+    join_all(&mut tasks).await?;
     Ok(per_second(n, started.unwrap_or_else(Instant::now)))
 }
 
@@ -222,13 +232,9 @@ async fn redis(list: &str, resp: &str, n: u64, in_flight: usize) -> Result<f64, 
             drop(permit);
             Ok::<_, Error>(())
         });
-        while let Some(done) = tasks.try_join_next() {
-            done??;
-        }
+        reap(&mut tasks)?;
     }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
+    join_all(&mut tasks).await?;
     let mut fetch = fetcher.await??;
     let rate = per_second(n, started);
     let _: usize = fetch.del(&processing).await?;

@@ -220,6 +220,35 @@ impl connector_core::Publisher<usize> for QueuingPublisher {
     }
 }
 
+/// A dispatcher running in the background on `messages`, writing through a held
+/// [`QueuingPublisher`].
+fn start_queuing(engine: &Engine, messages: Vec<Message>) -> (Running, Arc<QueuingPublisher>) {
+    let (mut source, feed, log) = MemorySource::new();
+    for m in messages {
+        feed.send(m).unwrap();
+    }
+    let taken = source.taken.clone();
+    let publisher = Arc::new(QueuingPublisher {
+        queued: tokio::sync::watch::channel(Vec::new()).0,
+        release: tokio::sync::watch::channel(false).0,
+    });
+    let (p, e) = (publisher.clone(), engine.clone());
+    let run = tokio::spawn(async move {
+        let _feed = feed;
+        e.dispatch(&mut source, &p).await
+    });
+    (Running { run, log, taken }, publisher)
+}
+
+/// Waits until `n` writes are queued with `publisher`.
+async fn wait_queued(publisher: &QueuingPublisher, n: usize) {
+    let mut queued = publisher.queued.subscribe();
+    tokio::time::timeout(WAIT, queued.wait_for(|q| q.len() == n))
+        .await
+        .unwrap_or_else(|_| panic!("{n} outcomes queued"))
+        .unwrap();
+}
+
 /// With a publisher that queues in call order, an ordered lane invokes its next message while
 /// the earlier outcomes are still being written: in order, each acked only once its own write
 /// is durable, and the in-flight bound still counts the ones being written.
@@ -232,25 +261,10 @@ async fn an_ordered_lane_invokes_on_while_queued_outcomes_are_written() {
         write_ahead: 0,
     };
     let engine = engine(&sink, options, &[]);
-    let (mut source, feed, log) = MemorySource::new();
-    for i in 0..6 {
-        feed.send(msg(&i.to_string(), Some(7))).unwrap();
-    }
-    let taken = source.taken.clone();
-    let publisher = Arc::new(QueuingPublisher {
-        queued: tokio::sync::watch::channel(Vec::new()).0,
-        release: tokio::sync::watch::channel(false).0,
-    });
-    let (p, e) = (publisher.clone(), engine.clone());
-    let run = tokio::spawn(async move {
-        let _feed = feed;
-        e.dispatch(&mut source, &p).await
-    });
-    let mut queued = publisher.queued.subscribe();
-    tokio::time::timeout(WAIT, queued.wait_for(|q| q.len() == 3))
-        .await
-        .expect("three outcomes queued while none is durable")
-        .unwrap();
+    let messages = (0..6).map(|i| msg(&i.to_string(), Some(7))).collect();
+    let (Running { run, log, taken }, publisher) = start_queuing(&engine, messages);
+    // Three queued while none is durable.
+    wait_queued(&publisher, 3).await;
     assert_eq!(*publisher.queued.borrow(), vec![0, 1, 2]);
     assert!(
         log.acked().is_empty(),
@@ -287,28 +301,12 @@ async fn write_ahead_starts_the_next_call_while_outcomes_wait_for_the_broker() {
         ..DispatchOptions::default()
     };
     let engine = engine(&sink, options, &[]);
-    let (mut source, feed, log) = MemorySource::new();
-    for i in 0..8 {
-        feed.send(msg(&i.to_string(), None)).unwrap();
-    }
-    let taken = source.taken.clone();
-    let publisher = Arc::new(QueuingPublisher {
-        queued: tokio::sync::watch::channel(Vec::new()).0,
-        release: tokio::sync::watch::channel(false).0,
-    });
-    let (p, e) = (publisher.clone(), engine.clone());
-    let run = tokio::spawn(async move {
-        let _feed = feed;
-        e.dispatch(&mut source, &p).await
-    });
+    let messages = (0..8).map(|i| msg(&i.to_string(), None)).collect();
+    let (Running { run, log, taken }, publisher) = start_queuing(&engine, messages);
     // Two outcomes being written hold the write slots; two more calls have ended and wait for
     // one, holding the call slots: four taken, no fifth.
     sink.wait_for_requests(4, WAIT).await;
-    let mut queued = publisher.queued.subscribe();
-    tokio::time::timeout(WAIT, queued.wait_for(|q| q.len() == 2))
-        .await
-        .expect("two outcomes being written")
-        .unwrap();
+    wait_queued(&publisher, 2).await;
     assert_eq!(taken.load(Ordering::SeqCst), 4);
     assert!(
         log.acked().is_empty(),

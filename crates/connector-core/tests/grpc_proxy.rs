@@ -4,6 +4,8 @@
 //! trailers; with the proxy down the client gets gRPC status UNAVAILABLE rather than a broken
 //! stream.
 
+mod common;
+
 use bytes::Bytes;
 use connector_core::grpc_proxy::{GrpcForwarder, proxy_for};
 use connector_core::proxy::ProxyRules;
@@ -18,29 +20,8 @@ use std::sync::Arc;
 /// An HTTP/2 server over TLS on 127.0.0.1 for the name `pubsub.test`, echoing the request body
 /// with the authority and path it saw as headers and a `grpc-status: 0` trailer.
 async fn tls_h2_server() -> (u16, rustls::RootCertStore) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["pubsub.test".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
-
-    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
+    let ca = common::private_ca(&["pubsub.test"]);
+    let (roots, mut server) = (ca.roots, ca.server);
     server.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

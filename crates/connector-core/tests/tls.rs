@@ -6,6 +6,8 @@
 //! as the original's Go client went: absolute-form requests for http endpoints, a `CONNECT`
 //! tunnel for https ones (TLS end to end), the proxy's credentials sent, loopback direct.
 
+mod common;
+
 use base64::Engine as _;
 use bytes::Bytes;
 use connector_core::Settings;
@@ -33,33 +35,10 @@ async fn start() -> PrivateTls {
 
 /// Like [`start`], with a certificate for `names`.
 async fn start_for(names: &[&str]) -> PrivateTls {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test private CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-            .unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-
+    let ca = common::private_ca(names);
     let ca_file = std::env::temp_dir().join(format!("{}-ca.pem", unique("tls")));
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let server = ca.server;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
