@@ -39,7 +39,8 @@ pub async fn measure(
                 Box::pin(async move { kafka(&bootstrap, &topic, &resp, n, in_flight).await })
             }
             Broker::Redis => Box::pin(async move { redis(&topic, &resp, n, in_flight).await }),
-            Broker::Nats | Broker::Sqs => return Ok(None),
+            Broker::Nats => Box::pin(async move { nats(&topic, &resp, n, in_flight).await }),
+            Broker::Sqs => return Ok(None),
         };
     let rate = tokio::time::timeout(deadline, work)
         .await
@@ -238,5 +239,55 @@ async fn redis(list: &str, resp: &str, n: u64, in_flight: usize) -> Result<f64, 
     let mut fetch = fetcher.await??;
     let rate = per_second(n, started);
     let _: usize = fetch.del(&processing).await?;
+    Ok(rate)
+}
+
+/// As the connector: a durable pull consumer on the subject, batches of `CONCURRENT`, each
+/// response published with its stream ack awaited, then the message acked; `CONCURRENT` at once.
+async fn nats(subject: &str, resp: &str, n: u64, concurrent: usize) -> Result<f64, Error> {
+    use async_nats::jetstream::consumer::pull;
+    use tokio_stream::StreamExt as _;
+    let client = async_nats::connect("127.0.0.1:4222").await?;
+    let js = async_nats::jetstream::new(client);
+    let stream_name = js.stream_by_subject(subject).await?;
+    let stream = js.get_stream(&stream_name).await?;
+    let durable = format!("{stream_name}-ceiling").to_lowercase();
+    let consumer = stream
+        .get_or_create_consumer(
+            &durable,
+            pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subject: subject.to_owned(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(concurrent)
+        .messages()
+        .await?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrent.max(1)));
+    let resp: Arc<str> = Arc::from(resp);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut started = None;
+    for _ in 0..n {
+        let permit = permits.clone().acquire_owned().await?;
+        let message = messages.next().await.ok_or("the consumer ended")??;
+        started.get_or_insert_with(Instant::now);
+        let (js, resp) = (js.clone(), resp.clone());
+        tasks.spawn(async move {
+            js.publish(resp.to_string(), message.payload.clone())
+                .await?
+                .await?;
+            message.ack().await?;
+            drop(permit);
+            Ok::<_, Error>(())
+        });
+        reap(&mut tasks)?;
+    }
+    join_all(&mut tasks).await?;
+    let rate = per_second(n, started.unwrap_or_else(Instant::now));
+    let _ = stream.delete_consumer(&durable).await;
     Ok(rate)
 }
