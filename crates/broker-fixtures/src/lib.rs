@@ -72,11 +72,12 @@ impl Kind {
     }
 
     /// The most deliveries one replica holds with the in-flight limit `n`, and so the most a
-    /// kill can hand back for another invocation: the calls, and for RabbitMQ and Redis as many
-    /// again whose outcome is being written (their write-ahead, `DispatchOptions::write_ahead`).
+    /// kill can hand back for another invocation: the calls, and for RabbitMQ, Redis and NATS
+    /// as many again whose outcome is being written (their write-ahead,
+    /// `DispatchOptions::write_ahead`).
     pub fn most_held(self, n: usize) -> usize {
         match self {
-            Self::RabbitMq | Self::Redis => 2 * n,
+            Self::RabbitMq | Self::Redis | Self::Nats => 2 * n,
             _ => n,
         }
     }

@@ -48,7 +48,10 @@ impl Connector for NatsConnector {
         DispatchOptions {
             max_in_flight: self.config.concurrent,
             lane_concurrency: 0,
-            write_ahead: 0,
+            // The next message is pulled and POSTed while the previous response waits for its
+            // stream ack; the publish is queued first (`queues_in_call_order`), so CONCURRENT=1
+            // keeps the stream's order.
+            write_ahead: self.config.concurrent,
         }
     }
 
@@ -421,6 +424,12 @@ impl Publisher<()> for NatsPublisher {
         };
         ack.await?;
         Ok(())
+    }
+
+    /// The first poll hands the publish to the client's command queue (after a permit from a
+    /// FIFO semaphore), which writes in the order commands were queued.
+    fn queues_in_call_order(&self) -> bool {
+        true
     }
 }
 

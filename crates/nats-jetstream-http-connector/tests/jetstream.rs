@@ -125,6 +125,36 @@ fn env(s: &Setup, sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static 
     with_overrides(v, extra)
 }
 
+/// At the default `CONCURRENT=1` the stream is handled in order, as by the original, and the
+/// responses are published in that order too, though the next message is POSTed while the
+/// previous response waits for its stream ack.
+#[tokio::test]
+async fn default_concurrency_keeps_the_stream_order_in_calls_and_responses() {
+    let s = setup().await;
+    let sink = Sink::start().await;
+    sink.respond(|r| Reply::status(200).body(r.body.clone()));
+    let bodies: Vec<String> = (0..200).map(|i| format!("{i:03}")).collect();
+    for b in &bodies {
+        s.publish(b, &[]).await;
+    }
+    let mut proc = Process::start(BIN, &env(&s, &sink, &[]));
+    let responses = s.read(&s.response, 200).await;
+    drained(&s).await;
+    proc.stop().await;
+    let answered: Vec<String> = responses
+        .iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(answered, bodies, "responses in the stream's order");
+    let called: Vec<String> = sink
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8(r.body.to_vec()).unwrap())
+        .collect();
+    assert_eq!(called, bodies, "calls in the stream's order");
+    assert_eq!(sink.max_in_flight(), 1);
+}
+
 #[tokio::test]
 async fn happy_path_with_nats_headers_both_ways() {
     let s = setup().await;
