@@ -75,19 +75,8 @@ impl Connector for KinesisConnector {
             Err(failed) => return vec![failed],
         };
         let kinesis = Client::new(&sdk);
-        let common = &engine.settings().common;
-        let streams = [
-            ("source", "TOPIC", Some(&common.topic)),
-            (
-                "responses",
-                "RESPONSE_TOPIC",
-                common.response_topic.as_ref(),
-            ),
-            ("errors", "ERROR_TOPIC", common.error_topic.as_ref()),
-        ];
         let mut checks = Vec::new();
-        for (what, var, name) in streams {
-            let Some(name) = name else { continue };
+        for (what, var, name) in engine.settings().common.named_topics() {
             checks.push(
                 match kinesis
                     .describe_stream_summary()
@@ -206,14 +195,7 @@ impl Connector for KinesisConnector {
 
 /// The source and destination streams must exist; a missing one names its variable.
 async fn check_streams(client: &Client, settings: &Settings) -> Result<(), ConnectError> {
-    let common = &settings.common;
-    let streams = [
-        ("TOPIC", Some(&common.topic)),
-        ("RESPONSE_TOPIC", common.response_topic.as_ref()),
-        ("ERROR_TOPIC", common.error_topic.as_ref()),
-    ];
-    for (var, name) in streams {
-        let Some(name) = name else { continue };
+    for (_, var, name) in settings.common.named_topics() {
         match client
             .describe_stream_summary()
             .stream_name(name)

@@ -214,16 +214,9 @@ impl Engine {
                         .await
                         .expect("the semaphore is never closed");
                     let mut settle = std::pin::pin!(engine.settle(&*publisher, invoked));
-                    let mut done = false;
-                    if publisher.queues_in_call_order() {
-                        // Queued before the next call can start, so with one call at a time the
-                        // outcomes reach the broker in the order of the calls.
-                        done = std::future::poll_fn(|cx| {
-                            std::task::Poll::Ready(settle.as_mut().poll(cx))
-                        })
-                        .await
-                        .is_ready();
-                    }
+                    // Queued before the next call can start, so with one call at a time the
+                    // outcomes reach the broker in the order of the calls.
+                    let done = publisher.queues_in_call_order() && poll_once(settle.as_mut()).await;
                     drop(permit);
                     if !done {
                         settle.await;
@@ -255,7 +248,9 @@ impl Engine {
                 let mut current = Some((delivery, permit));
                 while let Some((delivery, permit)) = current.take() {
                     if pipelined {
-                        while writing.try_join_next().is_some() {}
+                        while let Some(done) = writing.try_join_next() {
+                            log_task_end(done);
+                        }
                         let invoked = engine.invoke(delivery).await;
                         let (e, p) = (engine.clone(), publisher.clone());
                         let mut write = Box::pin(async move {
@@ -263,11 +258,7 @@ impl Engine {
                             drop(permit);
                         });
                         // Its first poll queues the write, so the next outcome cannot overtake it.
-                        let first = std::future::poll_fn(|cx| {
-                            std::task::Poll::Ready(write.as_mut().poll(cx))
-                        })
-                        .await;
-                        if first.is_pending() {
+                        if !poll_once(write.as_mut()).await {
                             writing.spawn(write);
                         }
                     } else {
@@ -413,45 +404,42 @@ impl Engine {
         } = invoked;
         let request_headers = headers.as_ref().unwrap_or(self.default_headers());
         let common = &self.settings().common;
-        let empty = HeaderMap::new();
-        let written = match outcome {
-            Written::Response { body, headers } => match &common.response_topic {
-                Some(topic) => publisher
-                    .publish(Outbound {
-                        destination: Destination::Response,
-                        topic,
-                        body,
-                        headers: &headers,
-                        request_headers,
-                        message: &message,
-                        meta: &meta,
-                    })
-                    .await
-                    .map_err(|e| (Destination::Response, e)),
-                None => Ok(()),
-            },
-            Written::Error(body) => match &common.error_topic {
-                Some(topic) => publisher
-                    .publish(Outbound {
-                        destination: Destination::Error,
-                        topic,
-                        body,
-                        headers: &empty,
-                        request_headers,
-                        message: &message,
-                        meta: &meta,
-                    })
-                    .await
-                    .map_err(|e| (Destination::Error, e)),
-                None => {
-                    tracing::warn!("ERROR_TOPIC is not set; the error document is discarded");
-                    tracing::debug!(
-                        document = %String::from_utf8_lossy(&body),
-                        "discarded error document"
-                    );
-                    Ok(())
-                }
-            },
+        let (destination, topic, body, headers) = match outcome {
+            Written::Response { body, headers } => (
+                Destination::Response,
+                common.response_topic.as_deref(),
+                body,
+                headers,
+            ),
+            Written::Error(body) => (
+                Destination::Error,
+                common.error_topic.as_deref(),
+                body,
+                HeaderMap::new(),
+            ),
+        };
+        let written = match topic {
+            Some(topic) => publisher
+                .publish(Outbound {
+                    destination,
+                    topic,
+                    body,
+                    headers: &headers,
+                    request_headers,
+                    message: &message,
+                    meta: &meta,
+                })
+                .await
+                .map_err(|e| (destination, e)),
+            None if destination == Destination::Error => {
+                tracing::warn!("ERROR_TOPIC is not set; the error document is discarded");
+                tracing::debug!(
+                    document = %String::from_utf8_lossy(&body),
+                    "discarded error document"
+                );
+                Ok(())
+            }
+            None => Ok(()),
         };
         let settled = match written {
             Ok(()) => ("ack", ack.ack().await),
@@ -505,6 +493,12 @@ enum Written {
     Response { body: Bytes, headers: HeaderMap },
     /// The error document, for `ERROR_TOPIC`.
     Error(Bytes),
+}
+
+/// Polls `write` once — for a publisher that [queues in call order](Publisher::queues_in_call_order),
+/// that queues it — and says whether it has already finished (it must not be polled again then).
+async fn poll_once<F: Future>(mut write: std::pin::Pin<&mut F>) -> bool {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx).is_ready())).await
 }
 
 fn log_task_end(done: Result<(), tokio::task::JoinError>) {

@@ -57,20 +57,13 @@ impl Connector for KafkaConnector {
     }
 
     async fn check(&self, engine: &Engine) -> Vec<Check> {
-        let common = &engine.settings().common;
-        let mut wanted = vec![("source", "TOPIC", common.topic.clone())];
-        wanted.extend(
-            common
-                .response_topic
-                .clone()
-                .map(|t| ("responses", "RESPONSE_TOPIC", t)),
-        );
-        wanted.extend(
-            common
-                .error_topic
-                .clone()
-                .map(|t| ("errors", "ERROR_TOPIC", t)),
-        );
+        let wanted: Vec<(&str, &str, String)> = engine
+            .settings()
+            .common
+            .named_topics()
+            .into_iter()
+            .map(|(what, var, topic)| (what, var, topic.to_owned()))
+            .collect();
         let mut c = client_config(&self.config);
         // A consumer that never subscribes joins no group: reading the group's committed
         // offsets (OffsetFetch) moves nothing.
@@ -231,11 +224,8 @@ async fn check_topics(
     consumer: &Arc<StreamConsumer<Context>>,
     engine: &Engine,
 ) -> Result<(), BoxError> {
-    let common = &engine.settings().common;
-    let mut wanted = vec![("TOPIC", common.topic.clone())];
-    wanted.extend(common.response_topic.clone().map(|t| ("RESPONSE_TOPIC", t)));
-    wanted.extend(common.error_topic.clone().map(|t| ("ERROR_TOPIC", t)));
-    for (var, topic) in wanted {
+    for (_, var, topic) in engine.settings().common.named_topics() {
+        let topic = topic.to_owned();
         let c = consumer.clone();
         let t = topic.clone();
         let metadata = tokio::task::spawn_blocking(move || {

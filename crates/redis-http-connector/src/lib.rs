@@ -94,26 +94,12 @@ impl Connector for RedisConnector {
             Some("ADDRESS"),
             "connected (PING answered)",
         )];
-        let common = &engine.settings().common;
-        let mut lists = vec![("source", "TOPIC", common.topic.clone())];
-        lists.extend(
-            common
-                .response_topic
-                .clone()
-                .map(|t| ("responses", "RESPONSE_TOPIC", t)),
-        );
-        lists.extend(
-            common
-                .error_topic
-                .clone()
-                .map(|t| ("errors", "ERROR_TOPIC", t)),
-        );
-        for (what, var, key) in lists {
+        for (what, var, key) in engine.settings().common.named_topics() {
             let kind: redis::RedisResult<String> =
-                redis::cmd("TYPE").arg(&key).query_async(&mut conn).await;
+                redis::cmd("TYPE").arg(key).query_async(&mut conn).await;
             checks.push(match kind.as_deref() {
                 Ok("list") => {
-                    let len: u64 = conn.llen(&key).await.unwrap_or(0);
+                    let len: u64 = conn.llen(key).await.unwrap_or(0);
                     Check::ok(what, Some(var), format!("list {key:?} with {len} entries"))
                 }
                 // Lists exist only while they hold something; the first push creates them.

@@ -40,6 +40,20 @@ pub struct CommonConfig {
 }
 
 impl CommonConfig {
+    /// The source and the destinations that are set, each with the role a check reports it
+    /// under and the variable it came from: `("source", "TOPIC", …)`, then `("responses",
+    /// "RESPONSE_TOPIC", …)` and `("errors", "ERROR_TOPIC", …)` when set.
+    pub fn named_topics(&self) -> Vec<(&'static str, &'static str, &str)> {
+        let mut named = vec![("source", "TOPIC", self.topic.as_str())];
+        if let Some(t) = &self.response_topic {
+            named.push(("responses", "RESPONSE_TOPIC", t.as_str()));
+        }
+        if let Some(t) = &self.error_topic {
+            named.push(("errors", "ERROR_TOPIC", t.as_str()));
+        }
+        named
+    }
+
     /// Total HTTP attempts per message: `MAX_RETRIES + 1`, and 1 when `MAX_RETRIES` is negative
     /// (the original sent no request at all then, a defect).
     pub fn attempts(&self) -> u32 {
