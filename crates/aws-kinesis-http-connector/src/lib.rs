@@ -22,7 +22,7 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::{Blob, DateTime};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
-use connector_core::aws::describe;
+use connector_core::aws::{describe, write_error};
 use connector_core::check::Check;
 use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::telemetry::Health;
@@ -607,6 +607,9 @@ impl Reader {
                     () = self.stop.cancelled() => return,
                 };
                 let sequence = record.sequence_number;
+                let published_at = record
+                    .approximate_arrival_timestamp
+                    .and_then(|t| std::time::SystemTime::try_from(t).ok());
                 index += 1;
                 self.shared
                     .tracker
@@ -617,6 +620,10 @@ impl Reader {
                         headers: Vec::new(),
                         key: Some(Bytes::from(record.partition_key)),
                         lane: Some(lane(&self.shard)),
+                        // Kinesis keeps no delivery count; the engine counts what it sees.
+                        id: Some(sequence.clone()),
+                        delivery_count: None,
+                        published_at,
                     },
                     meta: (),
                     ack: KinesisAck {
@@ -732,6 +739,9 @@ impl Acknowledger for KinesisAck {
     }
 }
 
+/// Kinesis's record size limit (data and partition key), as documented by AWS.
+const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
 /// Writes responses and error documents as records keyed by the source's partition key.
 struct KinesisPublisher {
     client: Client,
@@ -745,6 +755,7 @@ impl Publisher<()> for KinesisPublisher {
             .as_ref()
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .unwrap_or_else(|| "keda-connector".to_owned());
+        let size = record.body.len() + key.len();
         self.client
             .put_record()
             .stream_name(record.topic)
@@ -752,7 +763,7 @@ impl Publisher<()> for KinesisPublisher {
             .data(Blob::new(record.body.to_vec()))
             .send()
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| write_error(&e, size, MAX_RECORD_BYTES))?;
         Ok(())
     }
 }

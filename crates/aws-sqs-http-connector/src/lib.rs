@@ -20,7 +20,7 @@ use aws_sdk_sqs::types::{
     QueueAttributeName,
 };
 use bytes::Bytes;
-use connector_core::aws::describe;
+use connector_core::aws::{describe, write_error};
 use connector_core::check::Check;
 use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::headers::canonical_key;
@@ -304,10 +304,12 @@ async fn fetch(f: Fetcher, health: Arc<Health>) {
             .wait_time_seconds(f.wait_time)
             .set_visibility_timeout(f.request_visibility)
             .message_attribute_names("All")
-            // Only the FIFO group (the ordering lane): system attributes are not request
-            // headers in the original, and SenderId is an AWS principal the function has no
-            // business seeing.
+            // Only the FIFO group (the ordering lane), the receive count and the sent time
+            // (for the delivery rules): system attributes are not request headers in the
+            // original, and SenderId is an AWS principal the function has no business seeing.
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .send()
             .await;
         match received {
@@ -429,6 +431,15 @@ impl Source for SqsSource {
             g.hash(&mut h);
             Lane(h.finish())
         });
+        let system = |name: MessageSystemAttributeName| {
+            m.attributes()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let delivery_count = system(MessageSystemAttributeName::ApproximateReceiveCount)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        let published_at = system(MessageSystemAttributeName::SentTimestamp)
+            .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms));
         let payload = Bytes::from(m.body.unwrap_or_default());
         Ok(Some(Delivery {
             message: Message {
@@ -436,6 +447,9 @@ impl Source for SqsSource {
                 headers,
                 key: None,
                 lane,
+                id: m.message_id.clone(),
+                delivery_count,
+                published_at,
             },
             meta: SqsMeta {
                 message_id: m.message_id.unwrap_or_default(),
@@ -550,6 +564,9 @@ struct SqsPublisher {
     default_group: String,
 }
 
+/// SQS's message size limit at queue defaults (body and attributes), as documented by AWS.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
 impl Publisher<SqsMeta> for SqsPublisher {
     async fn publish(&self, record: Outbound<'_, SqsMeta>) -> Result<(), BoxError> {
         let (target, suffix) = match record.destination {
@@ -606,7 +623,13 @@ impl Publisher<SqsMeta> for SqsPublisher {
         } else if self.delay_seconds > 0 {
             send = send.delay_seconds(self.delay_seconds);
         }
-        send.send().await.map_err(|e| describe(&e))?;
+        let size = send
+            .get_message_body()
+            .as_deref()
+            .map_or(0, str::len);
+        send.send()
+            .await
+            .map_err(|e| write_error(&e, size, MAX_MESSAGE_BYTES))?;
         Ok(())
     }
 }

@@ -218,3 +218,43 @@ where
         }
     }
 }
+
+/// Error codes with which AWS refuses a write for good: the same request cannot succeed later
+/// (bad size or content, no permission on the destination or its key).
+const REFUSED: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "InvalidParameterValue",
+    "InvalidMessageContents",
+    "ValidationException",
+    "KMS.AccessDeniedException",
+    "KMSAccessDeniedException",
+    "KMSDisabledException",
+    "KMS.DisabledException",
+];
+
+/// A failed write as the engine needs it: [`Rejected`](crate::Rejected) when AWS refused it for
+/// good (too large when the record of `size` bytes is over the service's `limit`), otherwise the
+/// described error, which the engine retries.
+pub fn write_error<E, R>(
+    error: &aws_smithy_runtime_api::client::result::SdkError<E, R>,
+    size: usize,
+    limit: usize,
+) -> crate::BoxError
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_smithy_runtime_api::client::result::SdkError;
+    let text = describe(error);
+    match error {
+        SdkError::ServiceError(e) if e.err().code().is_some_and(|c| REFUSED.contains(&c)) => {
+            if size > limit {
+                Box::new(crate::Rejected::too_large(size, limit))
+            } else {
+                Box::new(crate::Rejected::refused(text))
+            }
+        }
+        _ => text.into(),
+    }
+}

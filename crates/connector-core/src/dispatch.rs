@@ -12,16 +12,19 @@
 //! - on shutdown, stop pulling, let in-flight work finish within the drain budget, and leave
 //!   whatever did not finish unacknowledged, so the broker delivers it again.
 
+use crate::delivery::{
+    DELIVERY_COUNT_HEADER, Diversion, MESSAGE_ID_HEADER, Rejected, derived_id, too_old,
+    unwritable_delay,
+};
 use crate::engine::Engine;
-use crate::error_doc::{ErrorDocument, Extras};
+use crate::error_doc::{ErrorDocument, Extras, Reason};
 use crate::headers::HeaderSet;
-use crate::invoker::Outcome;
+use crate::invoker::{Failure, Outcome};
 use bytes::Bytes;
 use http::HeaderMap;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -45,6 +48,16 @@ pub struct Message {
     pub key: Option<Bytes>,
     /// The ordering lane, where the broker has one.
     pub lane: Option<Lane>,
+    /// The broker's id for the message, the same on every delivery (Kafka
+    /// `topic/partition/offset`, SQS MessageId, ...). `None`: the engine derives one from
+    /// `TOPIC` and the payload where it needs one (`METADATA_HEADERS`, `MAX_DELIVERIES`).
+    pub id: Option<String>,
+    /// How many times the broker has delivered the message, this delivery included, where the
+    /// broker counts (a lower bound where it only flags a redelivery); `None` otherwise, and the
+    /// engine counts what it sees itself.
+    pub delivery_count: Option<u32>,
+    /// When the broker took the message in, where it records that (for `MAX_MESSAGE_AGE`).
+    pub published_at: Option<std::time::SystemTime>,
 }
 
 /// One message from a source, with the broker-specific context `M` its publisher needs and the
@@ -143,10 +156,6 @@ pub enum DispatchEnd {
     /// The source ended (e.g. connection lost); the connector may reconnect and dispatch again.
     SourceEnded,
 }
-
-/// Delay before requeueing a delivery whose outcome could not be written, so that a broken
-/// destination does not become a hot redelivery loop.
-const REQUEUE_DELAY: Duration = Duration::from_secs(1);
 
 type Queued<M, A> = (Delivery<M, A>, OwnedSemaphorePermit);
 
@@ -320,10 +329,26 @@ impl Engine {
         self.settle(publisher, invoked).await;
     }
 
-    /// Calls the function for one delivery: what is to be written about it.
+    /// Calls the function for one delivery (unless a delivery rule diverts it): what is to be
+    /// written about it.
     async fn invoke<M, A>(&self, delivery: Delivery<M, A>) -> Invoked<M, A> {
         let Delivery { message, meta, ack } = delivery;
-        let headers = if message.headers.is_empty() {
+        let common = &self.settings().common;
+        let rules = &self.settings().delivery;
+        // The id and the count, only where a rule or the metadata headers need them: deriving
+        // an id hashes the payload.
+        let id = rules.counts_deliveries().then(|| {
+            message
+                .id
+                .clone()
+                .unwrap_or_else(|| derived_id(&common.topic, &message.payload))
+        });
+        let count = id.as_deref().map(|id| {
+            self.counts()
+                .delivered(id)
+                .max(message.delivery_count.unwrap_or(0))
+        });
+        let mut headers = if message.headers.is_empty() {
             None
         } else {
             let mut h: HeaderSet = self.default_headers().clone();
@@ -341,42 +366,61 @@ impl Engine {
             }
             Some(h)
         };
-        let request_headers = headers.as_ref().unwrap_or(self.default_headers());
-        let common = &self.settings().common;
-        let outcome = match self
-            .invoker()
-            .invoke(&message.payload, request_headers)
-            .await
+        if rules.metadata_headers
+            && let (Some(id), Some(count)) = (&id, count)
         {
-            Outcome::Success(response) => {
-                self.metrics().succeeded.inc();
-                tracing::debug!(status = response.status.as_u16(), "function succeeded");
-                Written::Response {
-                    body: response.body,
-                    headers: response.headers,
-                }
+            let h = headers.get_or_insert_with(|| self.default_headers().clone());
+            h.set(MESSAGE_ID_HEADER, id);
+            h.set(DELIVERY_COUNT_HEADER, &count.to_string());
+        }
+        let request_headers = headers.as_ref().unwrap_or(self.default_headers());
+        let diversion = match (rules.max_deliveries, count) {
+            (Some(max), Some(count)) if count > max => {
+                Some(Diversion::MaxDeliveries { count, max })
             }
-            Outcome::Failure(failure) => {
-                self.metrics().failed.inc();
-                let document = ErrorDocument {
-                    message: &message.payload,
-                    http_endpoint: &common.http_endpoint,
-                    headers: request_headers,
-                    response_body: &failure.body,
-                    status: failure.status.map(|s| s.as_u16()),
-                    source_name: &common.source_name,
-                    extras: self.settings().http.error_doc_extras.then_some(Extras {
-                        attempts: failure.attempts,
-                        last_error: failure.last_error.as_deref(),
-                    }),
-                };
-                tracing::warn!(
-                    status = failure.status.map(|s| s.as_u16()),
-                    attempts = failure.attempts,
-                    error = failure.last_error.as_deref(),
-                    "function invocation failed"
-                );
-                Written::Error(Bytes::from(document.encode()))
+            _ => None,
+        }
+        .or_else(|| {
+            too_old(
+                message.published_at,
+                rules.max_message_age,
+                std::time::SystemTime::now(),
+            )
+        });
+        let outcome = if let Some(diversion) = diversion {
+            self.diverted(&diversion, id.as_deref());
+            let failure = Failure {
+                status: None,
+                body: Bytes::new(),
+                last_error: None,
+                attempts: 0,
+            };
+            Written::Error(self.error_document(&message, request_headers, &failure, Some(&diversion)))
+        } else {
+            match self
+                .invoker()
+                .invoke(&message.payload, request_headers)
+                .await
+            {
+                Outcome::Success(response) => {
+                    self.metrics().succeeded.inc();
+                    tracing::debug!(status = response.status.as_u16(), "function succeeded");
+                    Written::Response {
+                        status: response.status,
+                        body: response.body,
+                        headers: response.headers,
+                    }
+                }
+                Outcome::Failure(failure) => {
+                    self.metrics().failed.inc();
+                    tracing::warn!(
+                        status = failure.status.map(|s| s.as_u16()),
+                        attempts = failure.attempts,
+                        error = failure.last_error.as_deref(),
+                        "function invocation failed"
+                    );
+                    Written::Error(self.error_document(&message, request_headers, &failure, None))
+                }
             }
         };
         Invoked {
@@ -384,12 +428,58 @@ impl Engine {
             meta,
             ack,
             headers,
+            id,
             outcome,
         }
     }
 
+    /// The error document for `message`: the original's fields, our extras when on, and the
+    /// reason when a rule rather than the call sent it here.
+    fn error_document(
+        &self,
+        message: &Message,
+        request_headers: &HeaderSet,
+        failure: &Failure,
+        reason: Option<&Diversion>,
+    ) -> Bytes {
+        let common = &self.settings().common;
+        let detail = reason.map(Diversion::detail);
+        let document = ErrorDocument {
+            message: &message.payload,
+            http_endpoint: &common.http_endpoint,
+            headers: request_headers,
+            response_body: &failure.body,
+            status: failure.status.map(|s| s.as_u16()),
+            source_name: &common.source_name,
+            extras: self.settings().http.error_doc_extras.then_some(Extras {
+                attempts: failure.attempts,
+                last_error: failure.last_error.as_deref(),
+            }),
+            reason: reason.zip(detail.as_deref()).map(|(r, detail)| Reason {
+                code: r.code(),
+                detail,
+            }),
+        };
+        Bytes::from(document.encode())
+    }
+
+    fn diverted(&self, diversion: &Diversion, id: Option<&str>) {
+        self.metrics()
+            .diverted
+            .get_or_create(&vec![("reason", diversion.code())])
+            .inc();
+        tracing::warn!(
+            reason = diversion.code(),
+            detail = %diversion.detail(),
+            message_id = id,
+            "message goes to the error destination"
+        );
+    }
+
     /// Writes what the call produced, then settles the delivery: acknowledged once the write
-    /// is durable, requeued if it failed.
+    /// is durable; a response the destination refuses for good is replaced by an error document
+    /// saying why; when nothing could be written the message is requeued, after a delay that
+    /// grows each time the same message comes back unwritable.
     async fn settle<M, A, P>(&self, publisher: &P, invoked: Invoked<M, A>)
     where
         A: Acknowledger,
@@ -400,49 +490,45 @@ impl Engine {
             meta,
             ack,
             headers,
+            id,
             outcome,
         } = invoked;
         let request_headers = headers.as_ref().unwrap_or(self.default_headers());
-        let common = &self.settings().common;
-        let (destination, topic, body, headers) = match outcome {
-            Written::Response { body, headers } => (
-                Destination::Response,
-                common.response_topic.as_deref(),
+        let write = |destination, body, headers: HeaderMap| {
+            self.write(publisher, destination, body, headers, request_headers, &message, &meta)
+        };
+        let written = match outcome {
+            Written::Response {
+                status,
                 body,
                 headers,
-            ),
-            Written::Error(body) => (
-                Destination::Error,
-                common.error_topic.as_deref(),
-                body,
-                HeaderMap::new(),
-            ),
-        };
-        let written = match topic {
-            Some(topic) => publisher
-                .publish(Outbound {
-                    destination,
-                    topic,
-                    body,
-                    headers: &headers,
-                    request_headers,
-                    message: &message,
-                    meta: &meta,
-                })
-                .await
-                .map_err(|e| (destination, e)),
-            None if destination == Destination::Error => {
-                tracing::warn!("ERROR_TOPIC is not set; the error document is discarded");
-                tracing::debug!(
-                    document = %String::from_utf8_lossy(&body),
-                    "discarded error document"
-                );
-                Ok(())
-            }
-            None => Ok(()),
+            } => match write(Destination::Response, body.clone(), headers).await {
+                Err((_, ref e)) if let Some(rejected) = Rejected::find(e) => {
+                    let diversion = Diversion::ResponseRejected(rejected.reason.clone());
+                    self.diverted(&diversion, id.as_deref().or(message.id.as_deref()));
+                    let failure = Failure {
+                        status: Some(status),
+                        // A response too large for its destination is too large to quote.
+                        body: if rejected.too_large { Bytes::new() } else { body },
+                        last_error: None,
+                        attempts: 1,
+                    };
+                    let doc =
+                        self.error_document(&message, request_headers, &failure, Some(&diversion));
+                    write(Destination::Error, doc, HeaderMap::new()).await
+                }
+                other => other,
+            },
+            Written::Error(body) => write(Destination::Error, body, HeaderMap::new()).await,
         };
         let settled = match written {
-            Ok(()) => ("ack", ack.ack().await),
+            Ok(()) => {
+                let result = ack.ack().await;
+                if let Some(id) = id.as_deref().or(message.id.as_deref()) {
+                    self.counts().forget(id);
+                }
+                ("ack", result)
+            }
             Err((destination, e)) => {
                 let destination = match destination {
                     Destination::Response => "response",
@@ -452,13 +538,22 @@ impl Engine {
                     .publish_failures
                     .get_or_create(&vec![("destination", destination)])
                     .inc();
+                self.metrics().unwritable.inc();
+                let id = id
+                    .or_else(|| message.id.clone())
+                    .unwrap_or_else(|| derived_id(&self.settings().common.topic, &message.payload));
+                let step = self.counts().unwritable(&id);
+                let delay = unwritable_delay(step);
                 tracing::warn!(
                     destination,
                     error = %e,
+                    message_id = %id,
+                    step,
+                    retry_in = ?delay,
                     "writing the outcome failed; the message will be redelivered"
                 );
                 tokio::select! {
-                    () = tokio::time::sleep(REQUEUE_DELAY) => {}
+                    () = tokio::time::sleep(delay) => {}
                     () = self.shutdown().cancelled() => {}
                 }
                 ("requeue", ack.requeue(message).await)
@@ -475,6 +570,48 @@ impl Engine {
         }
         self.metrics().in_flight.dec();
     }
+
+    /// One write to `destination`; done at once when that destination is not set.
+    #[allow(clippy::too_many_arguments)]
+    async fn write<M, P: Publisher<M>>(
+        &self,
+        publisher: &P,
+        destination: Destination,
+        body: Bytes,
+        headers: HeaderMap,
+        request_headers: &HeaderSet,
+        message: &Message,
+        meta: &M,
+    ) -> Result<(), (Destination, BoxError)> {
+        let common = &self.settings().common;
+        let topic = match destination {
+            Destination::Response => common.response_topic.as_deref(),
+            Destination::Error => common.error_topic.as_deref(),
+        };
+        match topic {
+            Some(topic) => publisher
+                .publish(Outbound {
+                    destination,
+                    topic,
+                    body,
+                    headers: &headers,
+                    request_headers,
+                    message,
+                    meta,
+                })
+                .await
+                .map_err(|e| (destination, e)),
+            None if destination == Destination::Error => {
+                tracing::warn!("ERROR_TOPIC is not set; the error document is discarded");
+                tracing::debug!(
+                    document = %String::from_utf8_lossy(&body),
+                    "discarded error document"
+                );
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// A delivery whose function call has ended, on its way to be written and settled.
@@ -484,13 +621,19 @@ struct Invoked<M, A> {
     ack: A,
     /// The request's headers when the message added its own; `None`: the engine's defaults.
     headers: Option<HeaderSet>,
+    /// The message's id, when a delivery rule needed it.
+    id: Option<String>,
     outcome: Written,
 }
 
 /// What the call produced.
 enum Written {
     /// A 2xx answer, for `RESPONSE_TOPIC`.
-    Response { body: Bytes, headers: HeaderMap },
+    Response {
+        status: http::StatusCode,
+        body: Bytes,
+        headers: HeaderMap,
+    },
     /// The error document, for `ERROR_TOPIC`.
     Error(Bytes),
 }

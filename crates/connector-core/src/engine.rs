@@ -54,6 +54,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: CancellationToken,
+    counts: crate::delivery::DeliveryCounts,
 }
 
 impl Engine {
@@ -70,7 +71,8 @@ impl Engine {
             &settings.http,
             user_agent,
             metrics.clone(),
-        );
+        )
+        .with_delivery(&settings.delivery);
         let defaults = HeaderSet::connector_defaults(family, &settings.common);
         Self {
             inner: Arc::new(Inner {
@@ -81,6 +83,7 @@ impl Engine {
                 metrics,
                 health: Arc::new(Health::default()),
                 shutdown: CancellationToken::new(),
+                counts: crate::delivery::DeliveryCounts::default(),
             }),
         }
     }
@@ -108,6 +111,10 @@ impl Engine {
     /// Liveness/readiness; a source marks itself ready when connected and consuming.
     pub fn health(&self) -> &Arc<Health> {
         &self.inner.health
+    }
+    /// Deliveries and unwritable outcomes this process has counted per message.
+    pub(crate) fn counts(&self) -> &crate::delivery::DeliveryCounts {
+        &self.inner.counts
     }
     /// Fires on SIGTERM/SIGINT (or when a test cancels it).
     pub fn shutdown(&self) -> &CancellationToken {

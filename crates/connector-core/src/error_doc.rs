@@ -24,6 +24,18 @@ pub struct ErrorDocument<'a> {
     pub source_name: &'a str,
     /// Our additive fields, written after all of the original's; `None` for the exact original.
     pub extras: Option<Extras<'a>>,
+    /// Why the message went to the error destination when not because the function failed
+    /// (a delivery rule, a refused response); `None` for a failed call.
+    pub reason: Option<Reason<'a>>,
+}
+
+/// A reason other than the function failing (see [`crate::delivery::Diversion`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Reason<'a> {
+    /// The documented code: `ConnectorDetails.Reason`.
+    pub code: &'a str,
+    /// One sentence, opening `ErrorString`.
+    pub detail: &'a str,
 }
 
 /// Fields the original did not have. Appended as a last top-level object, `ConnectorDetails`.
@@ -38,6 +50,12 @@ pub struct Extras<'a> {
 impl ErrorDocument<'_> {
     /// `ErrorString`, with the original's two exact texts.
     pub fn error_string(&self) -> String {
+        if let Some(reason) = &self.reason {
+            return format!(
+                "{}. http_endpoint: {}, source: {}",
+                reason.detail, self.http_endpoint, self.source_name
+            );
+        }
         match self.status {
             Some(code) => format!(
                 "request returned failure: {code}. http_endpoint: {}, source: {}",
@@ -85,6 +103,10 @@ impl ErrorDocument<'_> {
             if let Some(e) = extras.last_error {
                 out.extend_from_slice(b",\"LastError\":");
                 write_go_string(&mut out, e.as_bytes());
+            }
+            if let Some(reason) = &self.reason {
+                out.extend_from_slice(b",\"Reason\":");
+                write_go_string(&mut out, reason.code.as_bytes());
             }
             // `Message` replaced invalid UTF-8 with U+FFFD; keep the real bytes recoverable.
             if std::str::from_utf8(self.message).is_err() {

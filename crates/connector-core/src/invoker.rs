@@ -77,6 +77,12 @@ pub struct Invoker {
     signer: Option<RequestSigner>,
     user_agent: HeaderValue,
     metrics: Arc<Metrics>,
+    /// `MAX_RATE`.
+    rate: Option<crate::rate::RateLimiter>,
+    /// `CIRCUIT_BREAKER_FAILURES`.
+    breaker: Option<crate::breaker::CircuitBreaker>,
+    /// `METADATA_HEADERS`: number each call in `Keda-Attempt`.
+    attempt_header: bool,
 }
 
 impl Invoker {
@@ -117,7 +123,21 @@ impl Invoker {
             user_agent: HeaderValue::from_str(user_agent)
                 .unwrap_or_else(|_| HeaderValue::from_static("keda-connector")),
             metrics,
+            rate: None,
+            breaker: None,
+            attempt_header: false,
         }
+    }
+
+    /// Adds what [`DeliverySettings`](crate::config::DeliverySettings) asks of the calls: a
+    /// rate limit, a circuit breaker, the `Keda-Attempt` header.
+    pub fn with_delivery(mut self, delivery: &crate::config::DeliverySettings) -> Self {
+        self.rate = delivery.max_rate.map(crate::rate::RateLimiter::new);
+        self.breaker = delivery
+            .breaker
+            .map(|b| crate::breaker::CircuitBreaker::new(b, self.metrics.clone()));
+        self.attempt_header = delivery.metadata_headers;
+        self
     }
 
     /// Total attempts per message.
@@ -137,14 +157,39 @@ impl Invoker {
             .without_max_times()
             .build();
         let mut attempt_no = 0;
+        let mut calls: u32 = 0;
         loop {
             attempt_no += 1;
+            let pass = match &self.breaker {
+                Some(b) => Some(b.admit().await),
+                None => None,
+            };
+            if let Some(rate) = &self.rate {
+                rate.acquire().await;
+            }
+            calls = calls.saturating_add(1);
+            let numbered;
+            let headers_now = if self.attempt_header {
+                let mut h = wire_headers.clone();
+                h.insert(
+                    crate::delivery::ATTEMPT_HEADER,
+                    HeaderValue::from(calls),
+                );
+                numbered = h;
+                &numbered
+            } else {
+                &wire_headers
+            };
             let started = Instant::now();
-            let result = self.attempt(payload, &wire_headers).await;
+            let result = self.attempt(payload, headers_now).await;
             let class = match &result {
                 Attempt::Response { status, .. } => status_class(*status),
                 Attempt::Transport(_) => "error",
             };
+            // Only a function that is down or overloaded trips the breaker; a 4xx is an answer.
+            let answered = matches!(&result, Attempt::Response { status, .. }
+                if !status.is_server_error() && *status != StatusCode::TOO_MANY_REQUESTS);
+            let held = pass.is_some_and(|p| p.record(answered));
             self.metrics
                 .http_duration
                 .get_or_create(&vec![("class", class)])
@@ -187,6 +232,12 @@ impl Invoker {
                     (failure, true, None)
                 }
             };
+            if held {
+                // The circuit is open: the message waits for it (in `admit`) with its retries
+                // intact.
+                attempt_no -= 1;
+                continue;
+            }
             if !retryable || attempt_no >= self.attempts {
                 return Outcome::Failure(failure);
             }

@@ -163,8 +163,10 @@ pub mod app;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod backoff;
+pub mod breaker;
 pub mod check;
 pub mod config;
+pub mod delivery;
 pub mod dispatch;
 pub mod engine;
 pub mod error_doc;
@@ -173,6 +175,7 @@ pub mod grpc_proxy;
 pub mod headers;
 pub mod invoker;
 pub mod proxy;
+pub mod rate;
 #[cfg(feature = "scaler")]
 pub mod scaler;
 pub mod signing;
@@ -187,5 +190,6 @@ pub use dispatch::{
     Acknowledger, BoxError, Delivery, Destination, DispatchEnd, Lane, Message, Outbound, Publisher,
     Source,
 };
+pub use delivery::Rejected;
 pub use engine::{ConnectError, DispatchOptions, Engine};
 pub use headers::HeaderFamily;

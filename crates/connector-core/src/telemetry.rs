@@ -70,6 +70,16 @@ pub struct Metrics {
     pub settled: Family<Labels, Counter>,
     /// Modes chosen at start, one label each (e.g. `checkpoints="memory"`), value 1.
     pub mode: Family<Labels, Gauge>,
+    /// Messages sent to the error destination without calling the function, by `reason`
+    /// (`max-deliveries`, `max-message-age`), or whose response the destination refused
+    /// (`response-rejected`).
+    pub diverted: Family<Labels, Counter>,
+    /// Requeues of a message none of whose outcomes could be written (each backoff step).
+    pub unwritable: Counter,
+    /// 1 while the circuit breaker holds calls to the function, else 0.
+    pub circuit_open: Gauge,
+    /// Times the circuit breaker opened.
+    pub circuit_opened: Counter,
 }
 
 impl Default for Metrics {
@@ -141,9 +151,37 @@ impl Metrics {
             "Operating modes chosen at start (label: what was chosen; value 1)",
             mode.clone(),
         );
+        let diverted = Family::<Labels, Counter>::default();
+        registry.register(
+            "messages_diverted",
+            "Messages written to the error destination by a delivery rule, by reason",
+            diverted.clone(),
+        );
+        let unwritable = Counter::default();
+        registry.register(
+            "messages_unwritable",
+            "Requeues of messages whose response and error document could not be written",
+            unwritable.clone(),
+        );
+        let circuit_open = Gauge::default();
+        registry.register(
+            "circuit_open",
+            "1 while the circuit breaker holds calls to the function",
+            circuit_open.clone(),
+        );
+        let circuit_opened = Counter::default();
+        registry.register(
+            "circuit_opened",
+            "Times the circuit breaker opened",
+            circuit_opened.clone(),
+        );
         Self {
             registry,
             mode,
+            diverted,
+            unwritable,
+            circuit_open,
+            circuit_opened,
             received,
             succeeded,
             failed,

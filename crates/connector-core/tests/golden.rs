@@ -266,6 +266,7 @@ fn extras_keep_non_utf8_payloads_recoverable() {
             attempts: 2,
             last_error: None,
         }),
+        reason: None,
     }
     .encode();
     let want = golden("rabbitmq-d3-invalid-utf8.error-message.body.bin");

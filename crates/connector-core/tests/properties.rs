@@ -211,6 +211,7 @@ proptest! {
             status,
             source_name: &source,
             extras: extras.then_some(Extras { attempts: 4, last_error: None }),
+            reason: None,
         };
         let bytes = doc.encode();
         // Go's HTML-safe escaping: no raw <, > or & anywhere.

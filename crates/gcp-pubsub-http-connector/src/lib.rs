@@ -17,7 +17,7 @@ use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::headers::canonical_key;
 use connector_core::{
     Acknowledger, BoxError, Connector, Delivery, Destination, DispatchEnd, DispatchOptions, Engine,
-    Lane, Message, Outbound, Publisher, Source,
+    Lane, Message, Outbound, Publisher, Rejected, Source,
 };
 use google_cloud_pubsub::client::{Publisher as PsPublisher, Subscriber, TopicAdmin};
 use google_cloud_pubsub::subscriber::handler::Handler;
@@ -301,12 +301,23 @@ impl Source for PubSubSource {
                     message.ordering_key.hash(&mut h);
                     Lane(h.finish())
                 });
+                // Pub/Sub counts attempts only on a subscription with a dead-letter policy;
+                // elsewhere the engine counts what it sees.
+                let delivery_count = handler
+                    .delivery_attempt()
+                    .and_then(|n| u32::try_from(n).ok());
+                let published_at = message
+                    .publish_time
+                    .and_then(|t| std::time::SystemTime::try_from(t).ok());
                 Ok(Some(Delivery {
                     message: Message {
                         payload: message.data,
                         headers,
                         key: None,
                         lane,
+                        id: (!message.message_id.is_empty()).then_some(message.message_id),
+                        delivery_count,
+                        published_at,
                     },
                     meta: (),
                     ack: PubSubAck(handler),
@@ -395,6 +406,29 @@ fn stored_key(headers: &connector_core::headers::HeaderSet, key: &str) -> String
         .map_or_else(|| key.to_owned(), |(k, _)| k.to_owned())
 }
 
+/// Pub/Sub's message size limit (data and attributes), as documented by Google.
+const MAX_MESSAGE_BYTES: usize = 10 * 1000 * 1000;
+
+/// A publish Pub/Sub refuses for good (too large, no permission on the topic) becomes
+/// [`Rejected`]: the same message cannot be published later either.
+fn write_error(e: google_cloud_pubsub::error::PublishError, size: usize) -> BoxError {
+    use google_cloud_gax::error::rpc::Code;
+    use google_cloud_pubsub::error::PublishError;
+    let code = match &e {
+        PublishError::Rpc(rpc) => rpc.status().map(|s| s.code),
+        _ => None,
+    };
+    match code {
+        Some(Code::InvalidArgument) if size > MAX_MESSAGE_BYTES => {
+            Box::new(Rejected::too_large(size, MAX_MESSAGE_BYTES))
+        }
+        Some(Code::InvalidArgument | Code::PermissionDenied) => {
+            Box::new(Rejected::refused(e.to_string()))
+        }
+        _ => Box::new(e),
+    }
+}
+
 impl Publisher<()> for PubSubPublisher {
     async fn publish(&self, record: Outbound<'_, ()>) -> Result<(), BoxError> {
         let topic = match record.destination {
@@ -416,10 +450,14 @@ impl Publisher<()> for PubSubPublisher {
                 .map(|(k, v)| (stored_key(record.request_headers, &k), v))
                 .collect(),
         };
+        let size = record.body.len();
         let message = google_cloud_pubsub::model::Message::new()
             .set_data(record.body)
             .set_attributes(attributes);
-        publisher.publish(message).await?;
+        publisher
+            .publish(message)
+            .await
+            .map_err(|e| write_error(e, size))?;
         Ok(())
     }
 }

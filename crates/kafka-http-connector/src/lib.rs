@@ -18,11 +18,11 @@ use connector_core::headers::canonical_key;
 use connector_core::telemetry::Health;
 use connector_core::{
     Acknowledger, BoxError, Connector, Delivery, Destination, DispatchEnd, DispatchOptions, Engine,
-    Lane, Message, Outbound, Publisher, Source,
+    Lane, Message, Outbound, Publisher, Rejected, Source,
 };
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -424,6 +424,14 @@ impl Source for KafkaSource {
                     headers,
                     key,
                     lane: Some(Lane(partition as u64)),
+                    // Kafka keeps no delivery count; the engine counts what it sees.
+                    id: Some(format!("{}/{partition}/{offset}", self.topic)),
+                    delivery_count: None,
+                    published_at: record
+                        .timestamp()
+                        .to_millis()
+                        .and_then(|ms| u64::try_from(ms).ok())
+                        .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
                 },
                 meta: (),
                 ack: KafkaAck {
@@ -495,6 +503,24 @@ struct KafkaPublisher {
     producer: FutureProducer<Events>,
 }
 
+/// A write the broker or the producer refuses for good becomes [`Rejected`]: retrying the same
+/// record cannot succeed.
+fn classify(e: KafkaError, size: usize) -> BoxError {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    match e.rdkafka_error_code() {
+        Some(Code::MessageSizeTooLarge) => Box::new(Rejected {
+            reason: format!(
+                "record of {size} bytes is over the topic's or the producer's message.max.bytes"
+            ),
+            too_large: true,
+        }),
+        Some(Code::TopicAuthorizationFailed | Code::ClusterAuthorizationFailed) => {
+            Box::new(Rejected::refused(e.to_string()))
+        }
+        _ => Box::new(e),
+    }
+}
+
 impl Publisher<()> for KafkaPublisher {
     /// The record is queued with the producer in this call (not on the future's first poll),
     /// which keeps what is queued in order per partition.
@@ -519,13 +545,20 @@ impl Publisher<()> for KafkaPublisher {
         }
         // A full queue is an error like any other failed write (the record is requeued): with
         // at most MAX_IN_FLIGHT outcomes outstanding it does not fill at librdkafka's defaults.
+        let size = record.body.len();
         let queued = self.producer.send_result(out).map_err(|(e, _)| e);
         async move {
-            match queued?.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(Box::new(e) as BoxError),
-                Err(_cancelled) => Err("the producer went away before the delivery report".into()),
-            }
+            let e = match queued {
+                Ok(report) => match report.await {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err((e, _))) => e,
+                    Err(_cancelled) => {
+                        return Err("the producer went away before the delivery report".into());
+                    }
+                },
+                Err(e) => e,
+            };
+            Err(classify(e, size))
         }
     }
 

@@ -20,7 +20,7 @@ use connector_core::config::{ConfigError, Env, Settings};
 use connector_core::headers::{HeaderFamily, canonical_key};
 use connector_core::{
     Acknowledger, BoxError, Connector, Delivery, DispatchEnd, DispatchOptions, Engine, Message,
-    Outbound, Publisher, Source,
+    Outbound, Publisher, Rejected, Source,
 };
 use futures_lite::StreamExt;
 use std::sync::Arc;
@@ -332,6 +332,14 @@ impl Source for NatsSource {
                 })
                 .unwrap_or_default();
             let payload = message.payload.clone();
+            let (id, delivery_count, published_at) = match message.info() {
+                Ok(info) => (
+                    Some(format!("{}/{}", info.stream, info.stream_sequence)),
+                    u32::try_from(info.delivered).ok(),
+                    Some(std::time::SystemTime::from(info.published)),
+                ),
+                Err(_) => (None, None, None),
+            };
             let message = Arc::new(message);
             let progress = CancellationToken::new();
             // In-progress acks keep a slow call from being redelivered to another replica.
@@ -345,6 +353,9 @@ impl Source for NatsSource {
                 message: Message {
                     payload,
                     headers,
+                    id,
+                    delivery_count,
+                    published_at,
                     ..Default::default()
                 },
                 meta: (),
@@ -405,6 +416,19 @@ struct NatsPublisher {
     js: jetstream::Context,
 }
 
+/// A message over the server's `max_payload` can never be published: [`Rejected`], so the
+/// engine writes an error document instead of requeueing it forever.
+fn write_error(e: async_nats::jetstream::context::PublishError, size: usize) -> BoxError {
+    use async_nats::jetstream::context::PublishErrorKind;
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => Box::new(Rejected {
+            reason: format!("record of {size} bytes is over the server's max_payload"),
+            too_large: true,
+        }),
+        _ => Box::new(e),
+    }
+}
+
 impl Publisher<()> for NatsPublisher {
     async fn publish(&self, record: Outbound<'_, ()>) -> Result<(), BoxError> {
         let mut headers = async_nats::HeaderMap::new();
@@ -413,16 +437,18 @@ impl Publisher<()> for NatsPublisher {
                 headers.append(canonical_key(name.as_str()).as_str(), v);
             }
         }
-        let ack = if headers.is_empty() {
+        let size = record.body.len();
+        let sent = if headers.is_empty() {
             self.js
                 .publish(record.topic.to_owned(), record.body)
-                .await?
+                .await
         } else {
             self.js
                 .publish_with_headers(record.topic.to_owned(), headers, record.body)
-                .await?
+                .await
         };
-        ack.await?;
+        let ack = sent.map_err(|e| write_error(e, size))?;
+        ack.await.map_err(|e| write_error(e, size))?;
         Ok(())
     }
 

@@ -327,12 +327,33 @@ impl Source for RabbitSource {
             message_id: props.message_id().clone(),
             reply_to: props.reply_to().clone(),
         };
+        // A quorum queue counts earlier failed deliveries in `x-delivery-count`; a classic
+        // queue only flags a redelivery, so 2 is a lower bound there.
+        let returned = props.headers().as_ref().and_then(|table| {
+            table.inner().iter().find_map(|(k, v)| {
+                (k.as_str() == "x-delivery-count").then(|| amqp_count(v)).flatten()
+            })
+        });
+        let delivery_count = match returned {
+            Some(n) => n.saturating_add(1),
+            None if delivery.redelivered => 2,
+            None => 1,
+        };
         Ok(Some(Delivery {
             message: Message {
                 payload: delivery.data.into(),
                 headers,
                 key: None,
                 lane: None,
+                id: props
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned())
+                    .filter(|id| !id.is_empty()),
+                delivery_count: Some(delivery_count),
+                published_at: props
+                    .timestamp()
+                    .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)),
             },
             meta,
             ack: RabbitAck(delivery.acker),
@@ -357,6 +378,21 @@ fn text_value(v: &AMQPValue) -> Option<String> {
         AMQPValue::ShortString(s) => Some(s.to_string()),
         _ => None,
     }
+}
+
+/// A count in an AMQP table value (RabbitMQ writes `x-delivery-count` as a long long).
+fn amqp_count(v: &AMQPValue) -> Option<u32> {
+    let n: i64 = match v {
+        AMQPValue::LongLongInt(n) => *n,
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        AMQPValue::ShortInt(n) => i64::from(*n),
+        AMQPValue::ShortUInt(n) => i64::from(*n),
+        AMQPValue::ShortShortInt(n) => i64::from(*n),
+        AMQPValue::ShortShortUInt(n) => i64::from(*n),
+        _ => return None,
+    };
+    u32::try_from(n).ok()
 }
 
 /// Settles one delivery on the channel it came from.

@@ -3,10 +3,12 @@
 //!
 //! Every variable is documented in the README's configuration table; keep the two in step.
 
+mod delivery;
 mod env;
 mod error;
 mod vars;
 
+pub use delivery::{BreakerSettings, DeliverySettings};
 pub use env::{Env, ProcessEnv};
 pub use error::ConfigError;
 pub use vars::{Vars, parse_go_duration, parse_go_int};
@@ -216,6 +218,8 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Dispatcher knobs.
     pub dispatch: DispatchSettings,
+    /// Delivery metadata, caps and back-pressure toward the function.
+    pub delivery: DeliverySettings,
     /// Admin endpoint.
     pub admin: AdminSettings,
     /// Log level.
@@ -328,6 +332,8 @@ impl Settings {
             drain_timeout: vars.duration("DRAIN_TIMEOUT", Duration::from_secs(25))?,
         };
 
+        let delivery = DeliverySettings::from_vars(&vars)?;
+
         let admin = AdminSettings {
             explicit: vars.optional_trimmed("ADMIN_ADDR").is_some(),
             addr: match vars.optional_trimmed("ADMIN_ADDR") {
@@ -345,6 +351,7 @@ impl Settings {
             common,
             http,
             dispatch,
+            delivery,
             admin,
             log_level,
             warnings,
