@@ -564,8 +564,9 @@ struct SqsPublisher {
     default_group: String,
 }
 
-/// SQS's message size limit at queue defaults (body and attributes), as documented by AWS.
-const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// SQS's largest message (body and attributes; 1 MiB since August 2025, 256 KiB before, and a
+/// queue's `MaximumMessageSize` may be lower): a refused larger send is reported as too large.
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 impl Publisher<SqsMeta> for SqsPublisher {
     async fn publish(&self, record: Outbound<'_, SqsMeta>) -> Result<(), BoxError> {
@@ -623,10 +624,7 @@ impl Publisher<SqsMeta> for SqsPublisher {
         } else if self.delay_seconds > 0 {
             send = send.delay_seconds(self.delay_seconds);
         }
-        let size = send
-            .get_message_body()
-            .as_deref()
-            .map_or(0, str::len);
+        let size = send.get_message_body().as_deref().map_or(0, str::len);
         send.send()
             .await
             .map_err(|e| write_error(&e, size, MAX_MESSAGE_BYTES))?;

@@ -190,7 +190,10 @@ mod tests {
         assert!(!b.admit().await.record(true));
         assert!(!b.admit().await.record(false));
         assert!(!b.admit().await.record(false));
-        assert!(b.admit().await.record(false), "third consecutive failure opens");
+        assert!(
+            b.admit().await.record(false),
+            "third consecutive failure opens"
+        );
         assert!(b.is_open());
         let start = Instant::now();
         let mut probes_at = Vec::new();
@@ -225,7 +228,10 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert!(!waiting.is_finished(), "a second call started during a probe");
+        assert!(
+            !waiting.is_finished(),
+            "a second call started during a probe"
+        );
         drop(probe);
         assert!(!waiting.await.unwrap());
         assert!(!b.is_open());

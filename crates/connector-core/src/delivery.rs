@@ -227,10 +227,7 @@ mod tests {
         let max = Some(Duration::from_secs(60));
         assert_eq!(too_old(None, max, now), None);
         assert_eq!(too_old(Some(now), None, now), None);
-        assert_eq!(
-            too_old(Some(now - Duration::from_secs(60)), max, now),
-            None
-        );
+        assert_eq!(too_old(Some(now - Duration::from_secs(60)), max, now), None);
         assert!(matches!(
             too_old(Some(now - Duration::from_secs(61)), max, now),
             Some(Diversion::MaxMessageAge { .. })

@@ -395,7 +395,12 @@ impl Engine {
                 last_error: None,
                 attempts: 0,
             };
-            Written::Error(self.error_document(&message, request_headers, &failure, Some(&diversion)))
+            Written::Error(self.error_document(
+                &message,
+                request_headers,
+                &failure,
+                Some(&diversion),
+            ))
         } else {
             match self
                 .invoker()
@@ -495,7 +500,15 @@ impl Engine {
         } = invoked;
         let request_headers = headers.as_ref().unwrap_or(self.default_headers());
         let write = |destination, body, headers: HeaderMap| {
-            self.write(publisher, destination, body, headers, request_headers, &message, &meta)
+            self.write(
+                publisher,
+                destination,
+                body,
+                headers,
+                request_headers,
+                &message,
+                &meta,
+            )
         };
         let written = match outcome {
             Written::Response {
@@ -509,7 +522,11 @@ impl Engine {
                     let failure = Failure {
                         status: Some(status),
                         // A response too large for its destination is too large to quote.
-                        body: if rejected.too_large { Bytes::new() } else { body },
+                        body: if rejected.too_large {
+                            Bytes::new()
+                        } else {
+                            body
+                        },
                         last_error: None,
                         attempts: 1,
                     };

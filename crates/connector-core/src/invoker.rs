@@ -171,10 +171,7 @@ impl Invoker {
             let numbered;
             let headers_now = if self.attempt_header {
                 let mut h = wire_headers.clone();
-                h.insert(
-                    crate::delivery::ATTEMPT_HEADER,
-                    HeaderValue::from(calls),
-                );
+                h.insert(crate::delivery::ATTEMPT_HEADER, HeaderValue::from(calls));
                 numbered = h;
                 &numbered
             } else {

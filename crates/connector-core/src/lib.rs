@@ -186,10 +186,10 @@ pub mod tracker;
 
 pub use app::{Connector, REVISION};
 pub use config::{ConfigError, Env, Settings};
+pub use delivery::Rejected;
 pub use dispatch::{
     Acknowledger, BoxError, Delivery, Destination, DispatchEnd, Lane, Message, Outbound, Publisher,
     Source,
 };
-pub use delivery::Rejected;
 pub use engine::{ConnectError, DispatchOptions, Engine};
 pub use headers::HeaderFamily;

@@ -443,8 +443,12 @@ impl crate::Source for MemorySource {
 #[derive(Debug)]
 pub struct MemoryPublisher {
     log: Arc<EventLog>,
-    /// While `true`, every publish fails.
+    /// While `true`, every publish fails (a transient error).
     pub fail: AtomicBool,
+    /// While `true`, responses are refused for good ([`Rejected`](crate::Rejected), too large).
+    pub reject_responses: AtomicBool,
+    /// While `true`, error documents are refused for good.
+    pub reject_errors: AtomicBool,
 }
 
 impl MemoryPublisher {
@@ -453,6 +457,8 @@ impl MemoryPublisher {
         Self {
             log,
             fail: Default::default(),
+            reject_responses: Default::default(),
+            reject_errors: Default::default(),
         }
     }
 }
@@ -461,6 +467,13 @@ impl crate::Publisher<usize> for MemoryPublisher {
     async fn publish(&self, record: crate::Outbound<'_, usize>) -> Result<(), crate::BoxError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err("publisher told to fail".into());
+        }
+        let reject = match record.destination {
+            crate::Destination::Response => &self.reject_responses,
+            crate::Destination::Error => &self.reject_errors,
+        };
+        if reject.load(Ordering::SeqCst) {
+            return Err(Box::new(crate::Rejected::too_large(record.body.len(), 4)));
         }
         self.log.push(Event::Published {
             id: *record.meta,

@@ -1,83 +1,14 @@
 //! Dispatcher behaviour with an in-memory source and publisher and a real HTTP sink.
 
-use bytes::Bytes;
-use connector_core::testkit::{
-    Event, EventLog, MemoryPublisher, MemorySource, Reply, Sink, settings,
-};
-use connector_core::{
-    Destination, DispatchEnd, DispatchOptions, Engine, HeaderFamily, Lane, Message,
-};
+mod common;
+
+use common::{Running, WAIT, engine, msg, run_until_settled, start_dispatch};
+
+use connector_core::testkit::{Event, MemoryPublisher, MemorySource, Reply, Sink, settings};
+use connector_core::{Destination, DispatchEnd, DispatchOptions, Engine, HeaderFamily, Message};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn engine(sink: &Sink, options: DispatchOptions, extra: &[(&str, &str)]) -> Engine {
-    let url = sink.url("/fn");
-    let mut env = vec![
-        ("TOPIC", "in"),
-        ("HTTP_ENDPOINT", url.as_str()),
-        ("MAX_RETRIES", "0"),
-        ("CONTENT_TYPE", "text/plain"),
-        ("RESPONSE_TOPIC", "out"),
-        ("ERROR_TOPIC", "err"),
-        ("RETRY_BACKOFF_BASE", "0"),
-    ];
-    env.extend_from_slice(extra);
-    Engine::new(settings(&env), HeaderFamily::Keda, options, "dispatch-test")
-}
-
-fn msg(body: &str, lane: Option<u64>) -> Message {
-    Message {
-        payload: Bytes::from(body.to_owned()),
-        lane: lane.map(Lane),
-        ..Default::default()
-    }
-}
-
-/// A dispatcher running in the background on a [`MemorySource`].
-struct Running {
-    run: tokio::task::JoinHandle<DispatchEnd>,
-    log: Arc<EventLog>,
-    taken: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-fn start_dispatch(
-    engine: &Engine,
-    messages: Vec<Message>,
-    configure: impl FnOnce(&MemoryPublisher),
-) -> Running {
-    let (mut source, feed, log) = MemorySource::new();
-    for m in messages {
-        feed.send(m).unwrap();
-    }
-    let taken = source.taken.clone();
-    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
-    configure(&publisher);
-    let e = engine.clone();
-    // The feed stays open so the source does not end on its own.
-    let run = tokio::spawn(async move {
-        let _feed = feed;
-        e.dispatch(&mut source, &publisher).await
-    });
-    Running { run, log, taken }
-}
-
-/// Feeds `messages`, runs the dispatcher until `settle` deliveries are settled, then shuts it
-/// down; returns the event log.
-async fn run_until_settled(
-    engine: &Engine,
-    messages: Vec<Message>,
-    settle: usize,
-    configure: impl FnOnce(&MemoryPublisher),
-) -> Arc<EventLog> {
-    let Running { run, log, .. } = start_dispatch(engine, messages, configure);
-    log.wait_for_settled(settle, WAIT).await;
-    engine.shutdown().cancel();
-    assert_eq!(run.await.unwrap(), DispatchEnd::Shutdown);
-    log
-}
 
 fn unordered(n: usize) -> DispatchOptions {
     DispatchOptions {

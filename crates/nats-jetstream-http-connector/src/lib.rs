@@ -439,9 +439,7 @@ impl Publisher<()> for NatsPublisher {
         }
         let size = record.body.len();
         let sent = if headers.is_empty() {
-            self.js
-                .publish(record.topic.to_owned(), record.body)
-                .await
+            self.js.publish(record.topic.to_owned(), record.body).await
         } else {
             self.js
                 .publish_with_headers(record.topic.to_owned(), headers, record.body)

@@ -331,7 +331,9 @@ impl Source for RabbitSource {
         // queue only flags a redelivery, so 2 is a lower bound there.
         let returned = props.headers().as_ref().and_then(|table| {
             table.inner().iter().find_map(|(k, v)| {
-                (k.as_str() == "x-delivery-count").then(|| amqp_count(v)).flatten()
+                (k.as_str() == "x-delivery-count")
+                    .then(|| amqp_count(v))
+                    .flatten()
             })
         });
         let delivery_count = match returned {

@@ -52,6 +52,22 @@ pub fn selected(kinds: &[Kind]) -> Vec<Kind> {
     }
 }
 
+/// Runs `test` for each of `kinds` (as narrowed by [`selected`]) one after another, printing
+/// each summary line; returns the lines.
+pub async fn each_kind<F, Fut>(kinds: &[Kind], test: F) -> Vec<String>
+where
+    F: Fn(Kind) -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let mut lines = Vec::new();
+    for kind in selected(kinds) {
+        let line = test(kind).await;
+        eprintln!("reliability: {line}");
+        lines.push(line);
+    }
+    lines
+}
+
 /// The connectors' in-flight limit in these tests.
 pub const IN_FLIGHT: usize = 8;
 /// The longest any wait in these tests may take.

@@ -6,7 +6,8 @@
 //!   message answered, none lost; at most what a replica holds redone per stop or kill
 //!   (not Pub/Sub: see [`RESTARTABLE`]).
 //! - The function down for 60 s (connection refused for 30 s, then 503 for 30 s): retried with
-//!   backoff, every message answered once it is back, no error documents.
+//!   backoff, every message answered once it is back, no error documents; and the same with the
+//!   circuit breaker on at `MAX_RETRIES=3`, where the function sees only a handful of probes.
 //! - A poison message (the function answers 400): exactly one error document, and the loop goes
 //!   on; empty, binary (every byte value, not UTF-8) and large payloads arrive and come back
 //!   byte for byte.
@@ -16,7 +17,9 @@
 
 use broker_fixtures::Kind;
 use connector_core::testkit::{Process, Reply, Sink, free_port};
-use reliability::{Collector, IN_FLIGHT, KINDS, RESTARTABLE, WAIT, binary, env, fixture, selected};
+use reliability::{
+    Collector, IN_FLIGHT, KINDS, RESTARTABLE, WAIT, binary, each_kind, env, fixture, selected,
+};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -130,20 +133,6 @@ fn load(kind: Kind, total: usize) -> (usize, usize) {
     }
 }
 
-async fn each_kind<F, Fut>(kinds: &[Kind], test: F) -> Vec<String>
-where
-    F: Fn(Kind) -> Fut,
-    Fut: std::future::Future<Output = String>,
-{
-    let mut lines = Vec::new();
-    for kind in selected(kinds) {
-        let line = test(kind).await;
-        eprintln!("reliability: {line}");
-        lines.push(line);
-    }
-    lines
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_20_times_under_load_loses_nothing() {
     each_kind(&RESTARTABLE, |kind| {
@@ -159,7 +148,9 @@ async fn sigkill_5_times_under_load_loses_nothing() {
 
 /// The function is down for `outage` (refused, then 503s for the second half) while messages
 /// wait; they are all answered once it is back, with backed-off retries and no error documents.
-async fn function_outage(kind: Kind, outage: Duration) -> String {
+/// With `breaker`, at the default `MAX_RETRIES` of Fission (3): the circuit breaker holds the
+/// messages, and the function sees a handful of probes instead of every message's retries.
+async fn function_outage(kind: Kind, outage: Duration, breaker: bool) -> String {
     let mut fx = fixture(kind).await;
     let collector = Collector::start(fx.take_outcomes());
     let port = free_port();
@@ -169,18 +160,24 @@ async fn function_outage(kind: Kind, outage: Duration) -> String {
         .map(|i| format!("{kind:?}-outage-{i}").into_bytes())
         .collect();
     fx.publish(&payloads, 0, |_| {}).await.unwrap();
-    let env = env(
-        kind,
-        &fx,
-        &endpoint,
+    let retries: &[(&str, &str)] = if breaker {
+        &[
+            ("MAX_RETRIES", "3"),
+            ("CIRCUIT_BREAKER_FAILURES", "5"),
+            ("CIRCUIT_BREAKER_COOLOFF", "1s"),
+            ("CIRCUIT_BREAKER_MAX_COOLOFF", "8s"),
+        ]
+    } else {
         &[
             ("MAX_RETRIES", "40"),
             ("RETRY_BACKOFF_BASE", "200ms"),
             ("RETRY_BACKOFF_MAX", "4s"),
-            // NATS would redeliver an unacknowledged message meanwhile: the wait is longer.
-            ("ACKWAIT", "5m"),
-        ],
-    );
+        ]
+    };
+    let mut extra = retries.to_vec();
+    // NATS would redeliver an unacknowledged message meanwhile: the wait is longer.
+    extra.push(("ACKWAIT", "5m"));
+    let env = env(kind, &fx, &endpoint, &extra);
     let env: Vec<(&str, String)> = env
         .into_iter()
         .filter(|(k, _)| kind == Kind::Nats || *k != "ACKWAIT")
@@ -204,6 +201,20 @@ async fn function_outage(kind: Kind, outage: Duration) -> String {
     p.stop().await;
     fx.cleanup().await;
     collector.without_errors(&format!("{kind:?}"));
+    let elapsed = started.elapsed().as_secs_f64();
+    if breaker {
+        // Open since the refused half: one probe per cool-off (1, 2, 4, then 8 s).
+        assert!(
+            unavailable <= 10,
+            "{kind:?}: {unavailable} requests while the function answered 503, with the circuit breaker"
+        );
+        return format!(
+            "{kind:?}: function down {} s with CIRCUIT_BREAKER_FAILURES=5, MAX_RETRIES=3: \
+             {total} messages, 0 lost, 0 error documents, {unavailable} requests (probes) in the \
+             503 half, all answered {elapsed:.0} s after the start",
+            outage.as_secs()
+        );
+    }
     // Without backoff each held message would have been retried thousands of times.
     let per_message = unavailable as f64 / IN_FLIGHT.min(total) as f64;
     assert!(
@@ -212,9 +223,8 @@ async fn function_outage(kind: Kind, outage: Duration) -> String {
     );
     format!(
         "{kind:?}: function down {} s (refused, then 503): {total} messages, 0 lost, 0 error documents, \
-         {unavailable} requests answered 503 ({per_message:.1} per held message), all answered {:.0} s after the start",
-        outage.as_secs(),
-        started.elapsed().as_secs_f64()
+         {unavailable} requests answered 503 ({per_message:.1} per held message), all answered {elapsed:.0} s after the start",
+        outage.as_secs()
     )
 }
 
@@ -227,7 +237,8 @@ async fn function_down_for_60_s_loses_nothing() {
         .run_until(async {
             let mut all = tokio::task::JoinSet::new();
             for kind in selected(&KINDS) {
-                all.spawn_local(function_outage(kind, outage));
+                all.spawn_local(function_outage(kind, outage, false));
+                all.spawn_local(function_outage(kind, outage, true));
             }
             all.join_all().await
         })

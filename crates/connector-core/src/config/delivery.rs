@@ -81,7 +81,8 @@ impl DeliverySettings {
                 None
             }
             Some(_) => {
-                let failures = vars.int_in_range("CIRCUIT_BREAKER_FAILURES", 0, 1, 1_000_000)? as u32;
+                let failures =
+                    vars.int_in_range("CIRCUIT_BREAKER_FAILURES", 0, 1, 1_000_000)? as u32;
                 let cooloff = vars.duration("CIRCUIT_BREAKER_COOLOFF", Duration::from_secs(1))?;
                 let max_cooloff =
                     vars.duration("CIRCUIT_BREAKER_MAX_COOLOFF", Duration::from_secs(60))?;

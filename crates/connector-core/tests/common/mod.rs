@@ -3,7 +3,11 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+use bytes::Bytes;
+use connector_core::testkit::{EventLog, MemoryPublisher, MemorySource, Sink, settings};
+use connector_core::{DispatchEnd, DispatchOptions, Engine, HeaderFamily, Lane, Message};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A fresh private CA (one the system does not know) and a server configuration presenting a
 /// certificate it issued for `names`.
@@ -49,4 +53,79 @@ pub fn private_ca(names: &[&str]) -> PrivateCa {
         roots,
         server,
     }
+}
+
+/// The dispatcher tests' longest wait.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// An engine calling `sink`, with `RESPONSE_TOPIC=out`, `ERROR_TOPIC=err`, no retries, and `extra`.
+pub fn engine(sink: &Sink, options: DispatchOptions, extra: &[(&str, &str)]) -> Engine {
+    let url = sink.url("/fn");
+    let mut env = vec![
+        ("TOPIC", "in"),
+        ("HTTP_ENDPOINT", url.as_str()),
+        ("MAX_RETRIES", "0"),
+        ("CONTENT_TYPE", "text/plain"),
+        ("RESPONSE_TOPIC", "out"),
+        ("ERROR_TOPIC", "err"),
+        ("RETRY_BACKOFF_BASE", "0"),
+    ];
+    env.extend_from_slice(extra);
+    Engine::new(settings(&env), HeaderFamily::Keda, options, "dispatch-test")
+}
+
+/// A message with `body`, on `lane` if given.
+pub fn msg(body: &str, lane: Option<u64>) -> Message {
+    Message {
+        payload: Bytes::from(body.to_owned()),
+        lane: lane.map(Lane),
+        ..Default::default()
+    }
+}
+
+/// A dispatcher running in the background on a [`MemorySource`].
+pub struct Running {
+    /// The dispatch task.
+    pub run: tokio::task::JoinHandle<DispatchEnd>,
+    /// What happened to the deliveries.
+    pub log: Arc<EventLog>,
+    /// How many deliveries the dispatcher took.
+    pub taken: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Starts dispatching `messages` (the feed stays open).
+pub fn start_dispatch(
+    engine: &Engine,
+    messages: Vec<Message>,
+    configure: impl FnOnce(&MemoryPublisher),
+) -> Running {
+    let (mut source, feed, log) = MemorySource::new();
+    for m in messages {
+        feed.send(m).unwrap();
+    }
+    let taken = source.taken.clone();
+    let publisher = Arc::new(MemoryPublisher::new(log.clone()));
+    configure(&publisher);
+    let e = engine.clone();
+    // The feed stays open so the source does not end on its own.
+    let run = tokio::spawn(async move {
+        let _feed = feed;
+        e.dispatch(&mut source, &publisher).await
+    });
+    Running { run, log, taken }
+}
+
+/// Feeds `messages`, runs the dispatcher until `settle` deliveries are settled, then shuts it
+/// down; returns the event log.
+pub async fn run_until_settled(
+    engine: &Engine,
+    messages: Vec<Message>,
+    settle: usize,
+    configure: impl FnOnce(&MemoryPublisher),
+) -> Arc<EventLog> {
+    let Running { run, log, .. } = start_dispatch(engine, messages, configure);
+    log.wait_for_settled(settle, WAIT).await;
+    engine.shutdown().cancel();
+    assert_eq!(run.await.unwrap(), DispatchEnd::Shutdown);
+    log
 }
