@@ -138,6 +138,9 @@ struct Seen {
 #[derive(Debug, Default)]
 pub struct DeliveryCounts {
     inner: Mutex<(HashMap<String, Seen>, VecDeque<String>)>,
+    /// Whether anything is remembered: every acknowledgement asks to forget its message, and
+    /// with nothing counted (the rules off, no failed writes) that must not take the lock.
+    any: std::sync::atomic::AtomicBool,
 }
 
 impl DeliveryCounts {
@@ -159,8 +162,16 @@ impl DeliveryCounts {
 
     /// `id` was acknowledged: nothing more to remember.
     pub fn forget(&self, id: &str) {
+        use std::sync::atomic::Ordering;
+        if !self.any.load(Ordering::Relaxed) {
+            return;
+        }
         let mut guard = self.inner.lock().expect("counts lock");
         guard.0.remove(id);
+        if guard.0.is_empty() {
+            guard.1.clear();
+            self.any.store(false, Ordering::Relaxed);
+        }
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut Seen) -> u32) -> u32 {
@@ -180,6 +191,7 @@ impl DeliveryCounts {
                 order.retain(|k| map.contains_key(k));
             }
             order.push_back(id.to_owned());
+            self.any.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         f(map.entry(id.to_owned()).or_default())
     }

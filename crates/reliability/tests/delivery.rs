@@ -2,7 +2,7 @@
 //! their message id across a SIGKILL and restart, with the broker's delivery count where it
 //! keeps one; `MAX_DELIVERIES` ends a message that takes its connector down every time; a
 //! response over the destination's size limit becomes one error document and the source is
-//! acknowledged.
+//! acknowledged; a message older than `MAX_MESSAGE_AGE` goes to the error destination uncalled.
 
 use broker_fixtures::Kind;
 use connector_core::testkit::{Process, Recorded, Reply, Sink};
@@ -193,4 +193,57 @@ async fn oversize_response(kind: Kind) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oversize_response_becomes_one_error_document() {
     each_kind(&[Kind::Kafka, Kind::Nats, Kind::Sqs], oversize_response).await;
+}
+
+/// A message older than `MAX_MESSAGE_AGE` (by the broker's timestamp) goes to the error
+/// destination without a call; a fresh one is called, with the metadata headers.
+async fn stale_message(kind: Kind) -> String {
+    let mut fx = fixture(kind).await;
+    let collector = Collector::start(fx.take_outcomes());
+    let sink = Sink::start().await;
+    sink.respond(|r| Reply::status(200).body(r.body.clone()));
+    fx.publish(&[b"old".to_vec()], 0, |_| {}).await.unwrap();
+    // Ageing is the scenario: the message must be older than MAX_MESSAGE_AGE when it is read.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let env = env(
+        kind,
+        &fx,
+        &sink.url("/fn"),
+        &[("MAX_MESSAGE_AGE", "2s"), ("METADATA_HEADERS", "true")],
+    );
+    let mut p = Process::start(&binary(kind), &env);
+    collector
+        .wait(&format!("{kind:?}: the stale message's error document"), |s| {
+            !s.errors.is_empty()
+        })
+        .await;
+    fx.publish(&[b"fresh".to_vec()], 1, |_| {}).await.unwrap();
+    collector
+        .wait_answered(&format!("{kind:?}: a fresh message"), &[b"fresh".to_vec()])
+        .await;
+    p.stop().await;
+    fx.cleanup().await;
+    let seen = collector.snapshot();
+    assert_eq!(seen.errors.len(), 1, "{kind:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&seen.errors[0]).unwrap();
+    assert_eq!(doc["ConnectorDetails"]["Reason"], "max-message-age", "{doc}");
+    assert_eq!(doc["FunctionHTTPRequest"]["Message"], "old", "{doc}");
+    let calls = sink.requests();
+    assert_eq!(calls.len(), 1, "{kind:?}: only the fresh message is called");
+    assert_eq!(&calls[0].body[..], b"fresh");
+    assert!(!header(&calls[0], "keda-message-id").is_empty());
+    assert_eq!(header(&calls[0], "keda-delivery-count"), "1", "{kind:?}");
+    format!(
+        "{kind:?}: a message 3 s old with MAX_MESSAGE_AGE=2s went to the error destination \
+         without a call; a fresh one was called with Keda-Message-Id and Keda-Delivery-Count 1"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_messages_go_to_the_error_destination() {
+    each_kind(
+        &[Kind::Kafka, Kind::Nats, Kind::Sqs, Kind::Kinesis, Kind::PubSub],
+        stale_message,
+    )
+    .await;
 }
