@@ -367,6 +367,9 @@ async fn max_rate_spaces_calls() {
     assert!(rate >= 19.0, "{rate:.2} calls/s");
     // No second of it above the limit (the first call opens the first window).
     for w in at.windows(21) {
-        assert!(w[20] - w[0] >= Duration::from_millis(990), "21 calls within a second");
+        assert!(
+            w[20] - w[0] >= Duration::from_millis(990),
+            "21 calls within a second"
+        );
     }
 }

@@ -4,9 +4,9 @@
 //! response over the destination's size limit becomes one error document and the source is
 //! acknowledged; a message older than `MAX_MESSAGE_AGE` goes to the error destination uncalled.
 
-use broker_fixtures::Kind;
+use broker_fixtures::{Fixture, Kind};
 use connector_core::testkit::{Process, Recorded, Reply, Sink};
-use reliability::{Collector, RESTARTABLE, WAIT, binary, each_kind, env, fixture};
+use reliability::{Collector, RESTARTABLE, Seen, WAIT, binary, each_kind, env, fixture};
 
 fn header(r: &Recorded, name: &str) -> String {
     r.headers
@@ -139,6 +139,28 @@ fn limit(kind: Kind) -> usize {
     }
 }
 
+/// Publishes `payload` (id `id`), waits for its answer, stops the connector, and returns what
+/// was read with its one error document.
+async fn then_answered(
+    kind: Kind,
+    fx: &mut Fixture,
+    collector: &Collector,
+    p: &mut Process,
+    payload: &[u8],
+    id: usize,
+) -> (Seen, serde_json::Value) {
+    fx.publish(&[payload.to_vec()], id, |_| {}).await.unwrap();
+    collector
+        .wait_answered(&format!("{kind:?}: a message after"), &[payload.to_vec()])
+        .await;
+    p.stop().await;
+    fx.cleanup().await;
+    let seen = collector.snapshot();
+    assert_eq!(seen.errors.len(), 1, "{kind:?}: one error document");
+    let doc = serde_json::from_slice(&seen.errors[0]).unwrap();
+    (seen, doc)
+}
+
 async fn oversize_response(kind: Kind) -> String {
     let mut fx = fixture(kind).await;
     let collector = Collector::start(fx.take_outcomes());
@@ -158,15 +180,7 @@ async fn oversize_response(kind: Kind) -> String {
         )
         .await;
     // A later message is answered: the loop goes on and nothing was requeued in between.
-    fx.publish(&[b"later".to_vec()], 2, |_| {}).await.unwrap();
-    collector
-        .wait_answered(&format!("{kind:?}: a later message"), &[b"later".to_vec()])
-        .await;
-    p.stop().await;
-    fx.cleanup().await;
-    let seen = collector.snapshot();
-    assert_eq!(seen.errors.len(), 1, "{kind:?}");
-    let doc: serde_json::Value = serde_json::from_slice(&seen.errors[0]).unwrap();
+    let (seen, doc) = then_answered(kind, &mut fx, &collector, &mut p, b"later", 2).await;
     assert_eq!(
         doc["ConnectorDetails"]["Reason"], "response-rejected",
         "{doc}"
@@ -213,20 +227,16 @@ async fn stale_message(kind: Kind) -> String {
     );
     let mut p = Process::start(&binary(kind), &env);
     collector
-        .wait(&format!("{kind:?}: the stale message's error document"), |s| {
-            !s.errors.is_empty()
-        })
+        .wait(
+            &format!("{kind:?}: the stale message's error document"),
+            |s| !s.errors.is_empty(),
+        )
         .await;
-    fx.publish(&[b"fresh".to_vec()], 1, |_| {}).await.unwrap();
-    collector
-        .wait_answered(&format!("{kind:?}: a fresh message"), &[b"fresh".to_vec()])
-        .await;
-    p.stop().await;
-    fx.cleanup().await;
-    let seen = collector.snapshot();
-    assert_eq!(seen.errors.len(), 1, "{kind:?}");
-    let doc: serde_json::Value = serde_json::from_slice(&seen.errors[0]).unwrap();
-    assert_eq!(doc["ConnectorDetails"]["Reason"], "max-message-age", "{doc}");
+    let (_, doc) = then_answered(kind, &mut fx, &collector, &mut p, b"fresh", 1).await;
+    assert_eq!(
+        doc["ConnectorDetails"]["Reason"], "max-message-age",
+        "{doc}"
+    );
     assert_eq!(doc["FunctionHTTPRequest"]["Message"], "old", "{doc}");
     let calls = sink.requests();
     assert_eq!(calls.len(), 1, "{kind:?}: only the fresh message is called");
@@ -242,7 +252,13 @@ async fn stale_message(kind: Kind) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_messages_go_to_the_error_destination() {
     each_kind(
-        &[Kind::Kafka, Kind::Nats, Kind::Sqs, Kind::Kinesis, Kind::PubSub],
+        &[
+            Kind::Kafka,
+            Kind::Nats,
+            Kind::Sqs,
+            Kind::Kinesis,
+            Kind::PubSub,
+        ],
         stale_message,
     )
     .await;
