@@ -499,28 +499,34 @@ impl Engine {
             outcome,
         } = invoked;
         let request_headers = headers.as_ref().unwrap_or(self.default_headers());
-        let write = |destination, body, headers: HeaderMap| {
-            self.write(
-                publisher,
-                destination,
-                body,
-                headers,
-                request_headers,
-                &message,
-                &meta,
-            )
-        };
-        let written = match outcome {
+        let (mut destination, mut body, mut headers, status) = match outcome {
             Written::Response {
                 status,
                 body,
                 headers,
-            } => match write(Destination::Response, body.clone(), headers).await {
-                Err((_, ref e)) if let Some(rejected) = Rejected::find(e) => {
+            } => (Destination::Response, body, headers, Some(status)),
+            Written::Error(body) => (Destination::Error, body, HeaderMap::new(), None),
+        };
+        // One write call site, so the publisher's future is compiled once per connector: a
+        // response the destination refuses for good comes round again as its error document.
+        let written = loop {
+            let result = self
+                .write(
+                    publisher,
+                    destination,
+                    body.clone(),
+                    std::mem::take(&mut headers),
+                    request_headers,
+                    &message,
+                    &meta,
+                )
+                .await;
+            match result {
+                Err((Destination::Response, ref e)) if let Some(rejected) = Rejected::find(e) => {
                     let diversion = Diversion::ResponseRejected(rejected.reason.clone());
                     self.diverted(&diversion, id.as_deref().or(message.id.as_deref()));
                     let failure = Failure {
-                        status: Some(status),
+                        status,
                         // A response too large for its destination is too large to quote.
                         body: if rejected.too_large {
                             Bytes::new()
@@ -530,13 +536,12 @@ impl Engine {
                         last_error: None,
                         attempts: 1,
                     };
-                    let doc =
+                    destination = Destination::Error;
+                    body =
                         self.error_document(&message, request_headers, &failure, Some(&diversion));
-                    write(Destination::Error, doc, HeaderMap::new()).await
                 }
-                other => other,
-            },
-            Written::Error(body) => write(Destination::Error, body, HeaderMap::new()).await,
+                other => break other,
+            }
         };
         let settled = match written {
             Ok(()) => {

@@ -30,6 +30,11 @@
 //! 6. Settle: ack after a durable write (or when there is no destination); requeue if the write
 //!    failed. Anything not acknowledged is delivered again by the broker.
 //!
+//! Off until their variables are set ([`config::DeliverySettings`]): the [`delivery`] rules
+//! (metadata headers, `MAX_DELIVERIES`, `MAX_MESSAGE_AGE`, a response the destination refuses
+//! for good — a publisher returns [`Rejected`] — becoming an error document), [`rate`]
+//! (`MAX_RATE`) and the [`breaker`] (`CIRCUIT_BREAKER_FAILURES`).
+//!
 //! Around it: [`telemetry`] (JSON logs without payloads, Prometheus metrics), [`admin`]
 //! (`/metrics`, `/healthz`, `/readyz`) and [`app`] (`--version`, signals, exit codes).
 //! [`tracker`] serves brokers whose position only moves forward (Kafka partitions, Kinesis
