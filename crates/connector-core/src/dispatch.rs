@@ -370,7 +370,14 @@ impl Engine {
             && let (Some(id), Some(count)) = (&id, count)
         {
             let h = headers.get_or_insert_with(|| self.default_headers().clone());
-            h.set(MESSAGE_ID_HEADER, id);
+            // A publisher's id that cannot be a header value (a RabbitMQ `message-id` with
+            // non-ASCII bytes) is sent as the derived id, which is stable too.
+            if !h.set(MESSAGE_ID_HEADER, id) {
+                h.set(
+                    MESSAGE_ID_HEADER,
+                    &derived_id(&common.topic, &message.payload),
+                );
+            }
             h.set(DELIVERY_COUNT_HEADER, &count.to_string());
         }
         let request_headers = headers.as_ref().unwrap_or(self.default_headers());

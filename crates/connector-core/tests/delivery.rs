@@ -373,3 +373,18 @@ async fn max_rate_spaces_calls() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_id_that_cannot_be_a_header_is_sent_as_the_derived_one() {
+    let sink = Sink::start().await;
+    let engine = engine(&sink, one_at_a_time(), &[("METADATA_HEADERS", "true")]);
+    let m = Message {
+        id: Some("commande-n°7\n".into()),
+        ..msg("m", None)
+    };
+    run_until_settled(&engine, vec![m], 1, |_| {}).await;
+    assert_eq!(
+        header(&sink.requests()[0], "keda-message-id"),
+        Some(connector_core::delivery::derived_id("in", b"m").as_str())
+    );
+}
