@@ -250,7 +250,10 @@ where
     match error {
         SdkError::ServiceError(e) if e.err().code().is_some_and(|c| REFUSED.contains(&c)) => {
             if size > limit {
-                Box::new(crate::Rejected::too_large(size, limit))
+                Box::new(crate::Rejected::too_large(
+                    size,
+                    &format!("the service's limit of {limit} bytes"),
+                ))
             } else {
                 Box::new(crate::Rejected::refused(text))
             }

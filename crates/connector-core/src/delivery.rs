@@ -89,10 +89,11 @@ pub struct Rejected {
 }
 
 impl Rejected {
-    /// A record of `size` bytes over the destination's `limit`.
-    pub fn too_large(size: usize, limit: usize) -> Self {
+    /// A record of `size` bytes over `limit`, a description of the limit it broke (e.g.
+    /// `the server's max_payload`).
+    pub fn too_large(size: usize, limit: &str) -> Self {
         Self {
-            reason: format!("record of {size} bytes is over the destination's limit of {limit}"),
+            reason: format!("record of {size} bytes is over {limit}"),
             too_large: true,
         }
     }

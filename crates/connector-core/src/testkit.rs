@@ -473,7 +473,10 @@ impl crate::Publisher<usize> for MemoryPublisher {
             crate::Destination::Error => &self.reject_errors,
         };
         if reject.load(Ordering::SeqCst) {
-            return Err(Box::new(crate::Rejected::too_large(record.body.len(), 4)));
+            return Err(Box::new(crate::Rejected::too_large(
+                record.body.len(),
+                "a limit of 4 bytes",
+            )));
         }
         self.log.push(Event::Published {
             id: *record.meta,

@@ -419,9 +419,10 @@ fn write_error(e: google_cloud_pubsub::error::PublishError, size: usize) -> BoxE
         _ => None,
     };
     match code {
-        Some(Code::InvalidArgument) if size > MAX_MESSAGE_BYTES => {
-            Box::new(Rejected::too_large(size, MAX_MESSAGE_BYTES))
-        }
+        Some(Code::InvalidArgument) if size > MAX_MESSAGE_BYTES => Box::new(Rejected::too_large(
+            size,
+            &format!("Pub/Sub's limit of {MAX_MESSAGE_BYTES} bytes"),
+        )),
         Some(Code::InvalidArgument | Code::PermissionDenied) => {
             Box::new(Rejected::refused(e.to_string()))
         }

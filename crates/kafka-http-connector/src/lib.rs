@@ -508,12 +508,10 @@ struct KafkaPublisher {
 fn classify(e: KafkaError, size: usize) -> BoxError {
     use rdkafka::types::RDKafkaErrorCode as Code;
     match e.rdkafka_error_code() {
-        Some(Code::MessageSizeTooLarge) => Box::new(Rejected {
-            reason: format!(
-                "record of {size} bytes is over the topic's or the producer's message.max.bytes"
-            ),
-            too_large: true,
-        }),
+        Some(Code::MessageSizeTooLarge) => Box::new(Rejected::too_large(
+            size,
+            "the topic's or the producer's message.max.bytes",
+        )),
         Some(Code::TopicAuthorizationFailed | Code::ClusterAuthorizationFailed) => {
             Box::new(Rejected::refused(e.to_string()))
         }

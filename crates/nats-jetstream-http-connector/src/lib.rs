@@ -421,10 +421,9 @@ struct NatsPublisher {
 fn write_error(e: async_nats::jetstream::context::PublishError, size: usize) -> BoxError {
     use async_nats::jetstream::context::PublishErrorKind;
     match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => Box::new(Rejected {
-            reason: format!("record of {size} bytes is over the server's max_payload"),
-            too_large: true,
-        }),
+        PublishErrorKind::MaxPayloadExceeded => {
+            Box::new(Rejected::too_large(size, "the server's max_payload"))
+        }
         _ => Box::new(e),
     }
 }
