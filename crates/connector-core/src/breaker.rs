@@ -5,7 +5,7 @@
 //!
 //! A call that fails while the circuit is open does not use up its message's retries: the
 //! message is held, not written off as an error document, because the function being down says
-//! nothing about the message (the README's "Delivery" section).
+//! nothing about the message (docs/delivery.md).
 
 use crate::config::BreakerSettings;
 use crate::telemetry::Metrics;

@@ -5,7 +5,7 @@
 //! `HTTPS_PROXY` — whatever the target's scheme, asking Go's `http.ProxyFromEnvironment` about
 //! `https://host:port`, so `NO_PROXY` applies — in a `CONNECT` tunnel. google-cloud-pubsub's
 //! tonic channel connects straight to its endpoint and has no hook for a proxy, so in a cluster
-//! whose egress goes through a proxy it could not reach Google at all (README, "Compatibility",
+//! whose egress goes through a proxy it could not reach Google at all (docs/compatibility.md,
 //! broker traffic). A [`GrpcForwarder`] listens on 127.0.0.1 for such a client's HTTP/2 calls in
 //! clear text and sends each on to the real target inside the tunnel, over TLS verified
 //! against the target's name (or in clear text to a clear-text target such as an emulator).

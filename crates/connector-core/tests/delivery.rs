@@ -1,4 +1,4 @@
-//! The delivery rules (README "Delivery"): metadata headers, `MAX_DELIVERIES`,
+//! The delivery rules (docs/delivery.md): metadata headers, `MAX_DELIVERIES`,
 //! `MAX_MESSAGE_AGE`, refused responses, the unwritable backoff, the circuit breaker and
 //! `MAX_RATE`, with an in-memory source and publisher and a real HTTP sink.
 

@@ -1,4 +1,4 @@
-//! `kafka-http-connector`: everything is in the library; see the README for configuration.
+//! `kafka-http-connector`: everything is in the library; see docs/configuration.md.
 
 fn main() -> std::process::ExitCode {
     connector_core::app::main::<kafka_http_connector::KafkaConnector>()

@@ -1,7 +1,7 @@
-//! `nats-jetstream-http-connector`: everything is in the library; see the README.
+//! `nats-jetstream-http-connector`: everything is in the library; see docs/configuration.md.
 
 fn main() -> std::process::ExitCode {
-    // The way back to the original connector (see the README's NATS section).
+    // The way back to the original connector (see docs/configuration.md, NATS JetStream).
     if std::env::args_os()
         .nth(1)
         .is_some_and(|a| a == "--restore-push")

@@ -1,4 +1,4 @@
-//! `rabbitmq-http-connector`: everything is in the library; see the README for configuration.
+//! `rabbitmq-http-connector`: everything is in the library; see docs/configuration.md.
 
 fn main() -> std::process::ExitCode {
     connector_core::app::main::<rabbitmq_http_connector::RabbitConnector>()

@@ -1,4 +1,4 @@
-//! `redis-http-connector`: everything is in the library; see the README for configuration.
+//! `redis-http-connector`: everything is in the library; see docs/configuration.md.
 
 fn main() -> std::process::ExitCode {
     connector_core::app::main::<redis_http_connector::RedisConnector>()

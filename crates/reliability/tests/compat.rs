@@ -3,7 +3,7 @@
 //! the AWS SDK, the Pub/Sub client), each given to the real connector binary against the real
 //! broker. A form the original accepts must deliver a message through the place it meant (the
 //! vhost, database, queue, stream, server); a form the original also refuses must stop ours
-//! with one line naming the variable. The README's compatibility table lists the same forms.
+//! with one line naming the variable. docs/compatibility.md lists the same forms.
 //!
 //! Every kind runs as its own test, so the brokers are exercised in parallel.
 

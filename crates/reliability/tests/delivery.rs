@@ -1,4 +1,4 @@
-//! The delivery rules against each real broker (README "Delivery"): the metadata headers keep
+//! The delivery rules against each real broker (docs/delivery.md): the metadata headers keep
 //! their message id across a SIGKILL and restart, with the broker's delivery count where it
 //! keeps one; `MAX_DELIVERIES` ends a message that takes its connector down every time; a
 //! response over the destination's size limit becomes one error document and the source is

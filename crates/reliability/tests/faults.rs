@@ -12,7 +12,7 @@
 //!   on; empty, binary (every byte value, not UTF-8) and large payloads arrive and come back
 //!   byte for byte.
 //!
-//! Each test prints a summary line (`--nocapture`); the README's Reliability section quotes
+//! Each test prints a summary line (`--nocapture`); docs/reliability.md quotes
 //! them. The kill moments come from a seed printed with the results (`RELIABILITY_SEED` replays).
 
 use broker_fixtures::Kind;

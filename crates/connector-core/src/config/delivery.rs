@@ -1,6 +1,6 @@
 //! Knobs over a message's life besides the HTTP retries (all new, all off by default): delivery
 //! metadata headers, caps on deliveries and age, a rate limit and a circuit breaker toward the
-//! function. The README's "Delivery" section documents them with their Lambda, Knative and Dapr
+//! function. docs/delivery.md documents them with their Lambda, Knative and Dapr
 //! equivalents.
 
 use super::{ConfigError, Vars};

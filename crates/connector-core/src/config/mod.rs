@@ -1,7 +1,7 @@
 //! The environment contract: the original's common variables plus our additive knobs, parsed
 //! once at start into typed settings.
 //!
-//! Every variable is documented in the README's configuration table; keep the two in step.
+//! Every variable is documented in docs/configuration.md; keep the two in step.
 
 mod delivery;
 mod env;
