@@ -323,7 +323,8 @@ fn image_name(opts: &Options, connector: &str) -> String {
     format!("{}/keda-{connector}:{}", opts.registry, opts.tag)
 }
 
-fn host_triple() -> Result<String, String> {
+/// The triple rustc builds for by default (`host:` of `rustc -vV`).
+pub(crate) fn host_triple() -> Result<String, String> {
     let out = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned()))
         .arg("-vV")
         .output()
@@ -367,7 +368,8 @@ fn static_build(target: &str, connectors: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn static_build_one(target: &str, connector: &str) -> Result<(), String> {
+/// One crate's release binaries, built as the images' are (see [`static_build`]).
+pub(crate) fn static_build_one(target: &str, connector: &str) -> Result<(), String> {
     cargo_with_env(
         &[
             "build",
@@ -392,6 +394,13 @@ fn static_build_one(target: &str, connector: &str) -> Result<(), String> {
             ("OPENSSL_STATIC", "1"),
         ],
     )
+}
+
+/// Where [`static_build_one`] puts the host triple's binaries.
+pub(crate) fn static_release_dir() -> Result<PathBuf, String> {
+    Ok(target_dir(&workspace_root())
+        .join(host_triple()?)
+        .join("release"))
 }
 
 fn target_dir(root: &Path) -> PathBuf {

@@ -7,7 +7,8 @@
 //!   every test in the workspace, including the broker integration tests. Fails (never skips)
 //!   when a broker or tool the tests need is not reachable or installed — checked before
 //!   anything is built — saying how to get it. `.venv/bin` (made by `setup`) goes first on the
-//!   tests' `PATH`.
+//!   tests' `PATH`. The test binaries run under cargo-nextest (`.config/nextest.toml` says
+//!   which run together), then, on a full run, the doc tests under `cargo test --doc`.
 //! - `bench`: builds the connectors and `crates/bench` in release mode and runs the benchmark
 //!   (arguments are passed on; `cargo xtask bench -- --help`). Results go to `bench/results/`.
 //! - `demo`: builds the demo and a connector in release mode and runs it: librdkafka's mock
@@ -34,9 +35,9 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  setup [--build]               install and start what the tests need (Debian/Ubuntu; --help)\n  \
-                 test [-- <cargo test args>]   fmt check, clippy -D warnings, all tests (brokers required)\n  \
+                 test [-- <args>]              fmt check, clippy -D warnings, all tests (brokers required; args go to cargo nextest run)\n  \
                  bench [-- <bench args>]       release build, then throughput/latency/memory/CPU/cold start per connector\n  \
-                 demo [-- <demo args>]         a connector's whole job in one command, no broker to install (-- --help)\n  \
+                 demo [--static] [-- <args>]   a connector's whole job in one command, no broker to install (-- --help)\n  \
                  images [options]              static binaries and one container image per connector (--help)"
             );
             Ok(())
@@ -124,7 +125,12 @@ fn release_dir() -> std::path::PathBuf {
 
 /// Runs the release binary `name` with `args`; `what` names it in the error.
 fn run_release(name: &str, args: &[String], what: &str) -> Result<(), String> {
-    let bin = release_dir().join(name);
+    run_in(&release_dir(), name, args, what)
+}
+
+/// Runs `dir/name` with `args`; `what` names it in the error.
+fn run_in(dir: &std::path::Path, name: &str, args: &[String], what: &str) -> Result<(), String> {
+    let bin = dir.join(name);
     eprintln!("xtask: {} {}", bin.display(), args.join(" "));
     let status = Command::new(&bin)
         .args(args)
@@ -139,8 +145,12 @@ fn run_release(name: &str, args: &[String], what: &str) -> Result<(), String> {
 }
 
 /// Builds the demo and the connector it runs (release), then runs it with `extra` arguments.
+/// With `--static` (before `--`), both are built as the images build their binaries
+/// (`images::static_build_one`), so after `cargo xtask images` only the demo's own crates are
+/// compiled: CI runs the demo that way instead of building a second release tree.
 fn demo(extra: &[String]) -> Result<(), String> {
-    let args: Vec<&str> = passed_on(extra).collect();
+    let static_build = extra.first().is_some_and(|a| a == "--static");
+    let args: Vec<&str> = passed_on(extra).filter(|a| *a != "--static").collect();
     // The connector the demo will start: the value of --broker/-b (default kafka).
     let broker = args
         .iter()
@@ -159,8 +169,16 @@ fn demo(extra: &[String]) -> Result<(), String> {
             ));
         }
     };
-    cargo(&["build", "--release", "-p", "demo", "-p", connector])?;
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    if static_build {
+        let dir = images::static_release_dir()?;
+        // One build each, as for the images: together, Cargo would unify their features and
+        // rebuild the connector the image build already made.
+        images::static_build_one(&images::host_triple()?, connector)?;
+        images::static_build_one(&images::host_triple()?, "demo")?;
+        return run_in(&dir, "demo", &args, "the demo");
+    }
+    cargo(&["build", "--release", "-p", "demo", "-p", connector])?;
     run_release("demo", &args, "the demo")
 }
 
@@ -182,9 +200,17 @@ fn test(extra: &[String]) -> Result<(), String> {
         "-D",
         "warnings",
     ])?;
-    let mut args = vec!["test", "--workspace"];
-    args.extend(extra.iter().map(String::as_str));
-    cargo(&args)
+    // Test binaries in parallel, heavy ones grouped (.config/nextest.toml). nextest does not run
+    // doc tests, so cargo test does after it — on a full run: arguments that pick tests are
+    // nextest's, which cargo test does not take.
+    let mut args = vec!["nextest", "run", "--workspace", "--no-tests", "fail"];
+    args.extend(passed_on(extra));
+    let tests = cargo(&args);
+    if passed_on(extra).next().is_some() {
+        return tests;
+    }
+    let docs = cargo(&["test", "--workspace", "--doc"]);
+    tests.and(docs)
 }
 
 #[cfg(test)]

@@ -75,6 +75,8 @@ pub(crate) enum Get {
     Apt(&'static [&'static str]),
     /// Packages in the project's Python virtual environment (`.venv/`).
     Pip(&'static [&'static str]),
+    /// A crate `cargo install --locked` builds (slow: only when missing).
+    Cargo(&'static str),
     /// A service `setup` starts (after installing these packages).
     Start(Start, &'static [&'static str]),
     /// Nothing `setup` can do from the package archives; the hint is the way.
@@ -122,6 +124,13 @@ pub(crate) const NEEDS: &[Need] = &[
         probe: Probe::PkgConfig("openssl"),
         get: Get::Apt(&["libssl-dev"]),
         hint: "apt-get install libssl-dev",
+    },
+    Need {
+        name: "cargo-nextest (runs the test binaries in parallel)",
+        needed_for: For::Test,
+        probe: Probe::Program("cargo-nextest"),
+        get: Get::Cargo("cargo-nextest"),
+        hint: "cargo install --locked cargo-nextest (or a prebuilt binary from https://nexte.st)",
     },
     Need {
         name: "RabbitMQ at 127.0.0.1:5672",

@@ -40,6 +40,7 @@ pub(crate) fn setup(args: &[String]) -> Result<(), String> {
             start_services(&rows);
             python_tools(&rows)?;
         }
+        cargo_tools(&rows);
     } else {
         eprintln!("setup: not Debian/Ubuntu (no apt-get); only checking what is there");
     }
@@ -342,6 +343,23 @@ fn python_tools(rows: &[&needs::Need]) -> Result<(), String> {
             .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
             .args(&packages),
     )
+}
+
+/// `cargo install` for each unmet `Cargo` row (into `~/.cargo/bin`, where cargo finds it).
+fn cargo_tools(rows: &[&needs::Need]) {
+    for n in rows {
+        if let Get::Cargo(krate) = n.get
+            && n.check().is_err()
+        {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            if let Err(e) = run(
+                &format!("cargo install --locked {krate} (a few minutes)"),
+                Command::new(cargo).args(["install", "--locked", krate]),
+            ) {
+                eprintln!("setup: {e}");
+            }
+        }
+    }
 }
 
 fn wait_for(port: u16, seconds: u64) {

@@ -1,13 +1,25 @@
-//! Memory stays flat while a 1 000 000-message backlog drains: the Redis connector against the
-//! local Redis, the function answering at once, the connector's resident set sampled every
-//! second. Every message is counted at the function and in the response list.
+//! Memory stays flat while a large backlog drains: the Redis connector against the local Redis,
+//! the function answering at once, the connector's resident set sampled every second. Every
+//! message is counted at the function and in the response list.
+//!
+//! CI drains 200 000 messages (about 2 minutes with the debug build); `RELIABILITY_SOAK=1` drains
+//! the 1 000 000 of the soak run (about 11 minutes), as docs/reliability.md reports.
 
 use connector_core::testkit::{Process, Sink, unique};
 use redis::AsyncCommands;
 use reliability::binary;
 use std::time::{Duration, Instant};
 
-const BACKLOG: usize = 1_000_000;
+/// The backlog: the short profile unless `RELIABILITY_SOAK` is set. The short one still shows a
+/// leak of 100 bytes per message: 170 000 messages drain after the early window, 17 MB against
+/// the 8 MB allowed below.
+fn backlog() -> usize {
+    if std::env::var_os("RELIABILITY_SOAK").is_some_and(|v| !v.is_empty() && v != "0") {
+        1_000_000
+    } else {
+        200_000
+    }
+}
 /// How much the resident set may grow in the second half of the drain over its peak while the
 /// first 5–15 % drained (allocator noise, not growth with the backlog).
 const FLAT_MB: f64 = 8.0;
@@ -21,7 +33,8 @@ fn rss_mb(pid: u32) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn memory_stays_flat_while_a_million_message_backlog_drains() {
+async fn memory_stays_flat_while_a_large_backlog_drains() {
+    let backlog = backlog();
     let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
     let mut conn = client
         .get_multiplexed_async_connection()
@@ -29,7 +42,7 @@ async fn memory_stays_flat_while_a_million_message_backlog_drains() {
         .expect("Redis is not reachable at 127.0.0.1:6379; start it with: redis-server --daemonize yes --port 6379 --save \"\"");
     let list = unique("memory");
     let (responses, errors) = (format!("{list}-responses"), format!("{list}-errors"));
-    for chunk in (0..BACKLOG).collect::<Vec<_>>().chunks(10_000) {
+    for chunk in (0..backlog).collect::<Vec<_>>().chunks(10_000) {
         let mut pipe = redis::pipe();
         for i in chunk {
             pipe.rpush(&list, format!("m{i:07}")).ignore();
@@ -60,14 +73,14 @@ async fn memory_stays_flat_while_a_million_message_backlog_drains() {
     loop {
         let answered: usize = conn.llen(&responses).await.unwrap();
         if let Some(rss) = rss_mb(pid) {
-            samples.push((answered as f64 / BACKLOG as f64, rss));
+            samples.push((answered as f64 / backlog as f64, rss));
         }
-        if answered >= BACKLOG {
+        if answered >= backlog {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{answered} of {BACKLOG} answered after {:?}",
+            "{answered} of {backlog} answered after {:?}",
             started.elapsed()
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -81,7 +94,7 @@ async fn memory_stays_flat_while_a_million_message_backlog_drains() {
     let _: () = conn.del(&[&list, &responses, &errors]).await.unwrap();
     assert_eq!(
         (answered, failed, left, sink.count()),
-        (BACKLOG, 0, 0, BACKLOG),
+        (backlog, 0, 0, backlog),
         "(responses, error documents, left in the source, function calls)"
     );
     let peak = |from: f64, to: f64| {
@@ -95,7 +108,7 @@ async fn memory_stays_flat_while_a_million_message_backlog_drains() {
     let late = peak(0.5, 1.01).expect("samples in the second half");
     let low = samples.iter().map(|s| s.1).fold(f64::MAX, f64::min);
     eprintln!(
-        "reliability: Redis: {BACKLOG} message backlog drained in {:.0} s ({} samples): RSS {low:.1}–{:.1} MB, peak {early:.1} MB at 5–15 %, {late:.1} MB in the second half",
+        "reliability: Redis: {backlog} message backlog drained in {:.0} s ({} samples): RSS {low:.1}–{:.1} MB, peak {early:.1} MB at 5–15 %, {late:.1} MB in the second half",
         drained.as_secs_f64(),
         samples.len(),
         samples.iter().map(|s| s.1).fold(0.0, f64::max),
