@@ -452,3 +452,70 @@ pub(crate) fn port_open(port: u16) -> bool {
     )
     .is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A one-connection server on a free port that reads what the client sends first (when
+    /// `reads`) and answers `reply`; returns the port.
+    fn fake(reply: &'static [u8], reads: bool) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            if reads {
+                let mut buf = [0; 512];
+                let _ = s.read(&mut buf);
+            }
+            let _ = s.write_all(reply);
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        port
+    }
+
+    #[test]
+    fn nats_without_jetstream_is_named() {
+        let port = fake(
+            b"INFO {\"server_id\":\"x\",\"jetstream\":false} \r\n",
+            false,
+        );
+        let err = probe_service(port, Service::NatsJetStream).unwrap_err();
+        assert!(err.contains("without JetStream"), "{err}");
+        let port = fake(b"INFO {\"server_id\":\"x\",\"jetstream\":true} \r\n", false);
+        assert_eq!(probe_service(port, Service::NatsJetStream), Ok(()));
+        let port = fake(b"+OK\r\n", false);
+        let err = probe_service(port, Service::NatsJetStream).unwrap_err();
+        assert!(err.contains("not a NATS server"), "{err}");
+    }
+
+    #[test]
+    fn postgres_answers_are_told_apart() {
+        // AuthenticationOk: trust.
+        let port = fake(b"R\0\0\0\x08\0\0\0\0", true);
+        assert_eq!(probe_service(port, Service::PostgresTrust), Ok(()));
+        // AuthenticationSASL (10): a password is wanted.
+        let port = fake(b"R\0\0\0\x08\0\0\0\x0a", true);
+        let err = probe_service(port, Service::PostgresTrust).unwrap_err();
+        assert!(err.contains("password"), "{err}");
+        // ErrorResponse: the server's message is passed on.
+        let port = fake(
+            b"E\0\0\0\x33SFATAL\0C3D000\0Mdatabase \"test\" does not exist\0\0",
+            true,
+        );
+        let err = probe_service(port, Service::PostgresTrust).unwrap_err();
+        assert!(err.contains("database \"test\" does not exist"), "{err}");
+    }
+
+    #[test]
+    fn nothing_listening_is_reported() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = probe_service(port, Service::Listening).unwrap_err();
+        assert!(err.starts_with("nothing answers on 127.0.0.1:"), "{err}");
+    }
+}
