@@ -452,11 +452,10 @@ impl Fixture {
                 let queues = [names[1].clone(), names[2].clone()];
                 let reader_url = url.clone();
                 tokio::spawn(async move {
+                    // Acknowledged once forwarded: with automatic acks, deliveries on their way when
+                    // the broker stops (the restart tests) were gone from the queue and never read.
                     let consume = async |ch: &lapin::Channel, q: &str| {
-                        let options = BasicConsumeOptions {
-                            no_ack: true,
-                            ..Default::default()
-                        };
+                        let options = BasicConsumeOptions::default();
                         ch.basic_consume(
                             q.into(),
                             format!("reader-{q}").as_str().into(),
@@ -476,9 +475,12 @@ impl Fixture {
                                 .map(|m| (Destination::Response, m))
                                 .or(errors.map(|m| (Destination::Error, m)));
                             while let Some((d, Ok(m))) = both.next().await {
+                                let acker = m.acker.clone();
                                 if tx.send(Ok(arrived(d, m.data))).await.is_err() {
                                     return;
                                 }
+                                // A lost ack only brings the delivery back: read twice, not lost.
+                                let _ = acker.ack(Default::default()).await;
                             }
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;

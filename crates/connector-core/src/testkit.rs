@@ -644,12 +644,22 @@ impl Process {
     }
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A TCP port that was free a moment ago on 127.0.0.1, for a server the test starts later.
+///
+/// It is taken from 20000–32767, below Linux's ephemeral range (32768–60999): a port the kernel
+/// hands out for `bind(0)` is just as likely to be given next to an outgoing connection, and with
+/// many tests running at once one did take a port in the second a server (moto) needed to start.
+/// Outgoing connections never use this range, so only another test picking the same number in
+/// that window can collide, which the random start makes unlikely.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_768;
+    let start = RandomState::new().hash_one(std::process::id()) as u16 % SPAN;
+    (0..SPAN)
+        .map(|i| LOW + (start + i) % SPAN)
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port in 20000-32767 on 127.0.0.1")
 }
 
 /// `base` with each `(name, value)` of `overrides` replacing (or adding) that variable.
@@ -779,9 +789,10 @@ impl Moto {
     /// Starts `moto_server` (or `$MOTO_SERVER_BIN`) and waits until it answers.
     pub async fn start() -> Self {
         let bin = std::env::var("MOTO_SERVER_BIN").unwrap_or_else(|_| "moto_server".into());
-        let port = free_port();
+        // Port 0: the server binds whatever port the kernel gives it and names it in its
+        // "Running on http://127.0.0.1:<port>" line, so no other process can take it first.
         let mut child = tokio::process::Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -792,13 +803,15 @@ impl Moto {
                      `pip install 'moto[server]'` (or set MOTO_SERVER_BIN)"
                 )
             });
-        let endpoint = format!("http://127.0.0.1:{port}");
-        // Werkzeug prints "Running on <url>" once it listens.
         let out = child.stderr.take().expect("piped");
-        assert!(
-            wait_for_line(out, "Running on", Duration::from_secs(60)).await,
-            "the moto server did not start on {endpoint}"
-        );
+        let endpoint = match wait_for_line_with(out, "Running on", Duration::from_secs(60)).await {
+            Ok(line) => line
+                .split_whitespace()
+                .find(|w| w.starts_with("http://"))
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("the moto server's start line has no URL: {line}")),
+            Err(output) => panic!("the moto server did not start; its output:\n{output}"),
+        };
         Self {
             _child: child,
             endpoint,
@@ -1020,19 +1033,38 @@ async fn wait_for_line(
     needle: &str,
     limit: Duration,
 ) -> bool {
+    wait_for_line_with(out, needle, limit).await.is_ok()
+}
+
+/// [`wait_for_line`], returning the line, or everything read before the output ended or the
+/// time ran out (for the panic message).
+async fn wait_for_line_with(
+    out: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    needle: &str,
+    limit: Duration,
+) -> Result<String, String> {
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(out).lines();
-    let seen = tokio::time::timeout(limit, async {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(limit, async {
         while let Ok(Some(line)) = lines.next_line().await {
             if line.contains(needle) {
-                return true;
+                return Some(line);
             }
+            seen.push(line);
         }
-        false
+        None
     })
     .await;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    seen == Ok(true)
+    match found {
+        Ok(Some(line)) => Ok(line),
+        Ok(None) => Err(format!("(output ended)\n{}", seen.join("\n"))),
+        Err(_) => Err(format!(
+            "(no {needle:?} within {limit:?})\n{}",
+            seen.join("\n")
+        )),
+    }
 }
 
 /// Google's Pub/Sub emulator (installed with the Google Cloud CLI, component
