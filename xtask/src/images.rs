@@ -228,7 +228,7 @@ pub fn images(args: &[String]) -> Result<(), String> {
         Some(e) => e,
         None => Engine::detect()?,
     };
-    let conf = containers_conf(&root, engine)?;
+    let conf = containers_conf(engine)?;
     let run_engine = |args: &[&str]| engine.command(conf.as_deref(), args);
 
     let target = match &opts.target {
@@ -398,20 +398,12 @@ pub(crate) fn static_build_one(target: &str, connector: &str) -> Result<(), Stri
 
 /// Where [`static_build_one`] puts the host triple's binaries.
 pub(crate) fn static_release_dir() -> Result<PathBuf, String> {
-    Ok(target_dir(&workspace_root())
-        .join(host_triple()?)
-        .join("release"))
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
+    Ok(crate::target_dir().join(host_triple()?).join("release"))
 }
 
 /// `target/images/<connector>/`: the binary as `connector`, the CA bundle and `images/rootfs`.
 fn stage(root: &Path, target: &str, connector: &str, ca: &[u8]) -> Result<PathBuf, String> {
-    let targets = target_dir(root);
+    let targets = crate::target_dir();
     let ctx = targets.join("images").join(connector);
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     if ctx.exists() {
@@ -447,7 +439,7 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 /// their own `CONTAINERS_CONF`, xtask points the engine at a file of its own that asks for the
 /// limits this process actually has, and at runc where it is installed (crun fails in such
 /// sandboxes). Nothing outside `target/` is touched.
-fn containers_conf(root: &Path, engine: Engine) -> Result<Option<PathBuf>, String> {
+fn containers_conf(engine: Engine) -> Result<Option<PathBuf>, String> {
     if engine == Engine::Docker || std::env::var_os("CONTAINERS_CONF").is_some() {
         return Ok(None);
     }
@@ -475,7 +467,7 @@ fn containers_conf(root: &Path, engine: Engine) -> Result<Option<PathBuf>, Strin
     if succeeds(Command::new("runc").arg("--version")) {
         conf.push_str("[engine]\nruntime = \"runc\"\n");
     }
-    let dir = target_dir(root).join("images");
+    let dir = crate::target_dir().join("images");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join("containers.conf");
     std::fs::write(&path, conf).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
