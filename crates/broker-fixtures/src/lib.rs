@@ -14,6 +14,8 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+mod keda;
+
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// The brokers the demo can run against.
@@ -165,6 +167,10 @@ fn arrived(d: Destination, body: Vec<u8>) -> Outcome {
 enum Publisher {
     Kafka {
         producer: rdkafka::producer::FutureProducer,
+        /// A member of no group, for the connector group's committed offsets.
+        lag: rdkafka::consumer::BaseConsumer,
+        /// The source topic's partitions.
+        partitions: i32,
         // Dropped last: the cluster lives in this process.
         cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     },
@@ -211,7 +217,7 @@ impl Fixture {
     /// instead of the standard port (a broker the caller runs, e.g. to restart it). The
     /// destinations are read across broker restarts.
     pub async fn start_at(kind: Kind, address: Option<&str>) -> Result<Self, Error> {
-        Self::start_with(kind, address, None).await
+        Self::start_with(kind, address, None, None).await
     }
 
     /// Like [`Fixture::start_at`], for a Redis, NATS or RabbitMQ server that requires TLS with
@@ -222,19 +228,27 @@ impl Fixture {
         if !matches!(kind, Kind::Redis | Kind::Nats | Kind::RabbitMq) {
             return Err(format!("{kind:?}: the fixture has no TLS").into());
         }
-        Self::start_with(kind, Some(address), Some(ca_file)).await
+        Self::start_with(kind, Some(address), Some(ca_file), None).await
+    }
+
+    /// Like [`Fixture::start`], with the source split `partitions` ways where the broker
+    /// partitions it (Kafka partitions, Kinesis shards; otherwise ignored), for runs that spread
+    /// the source over that many replicas.
+    pub async fn start_partitioned(kind: Kind, partitions: usize) -> Result<Self, Error> {
+        Self::start_with(kind, None, None, Some(partitions)).await
     }
 
     async fn start_with(
         kind: Kind,
         address: Option<&str>,
         tls: Option<&Path>,
+        partitions: Option<usize>,
     ) -> Result<Self, Error> {
         let base = unique("demo");
         let (tx, outcomes) = mpsc::channel(1024);
         match kind {
             Kind::Sqs => start_sqs(&base, tx, outcomes).await,
-            Kind::Kinesis => start_kinesis(&base, tx, outcomes).await,
+            Kind::Kinesis => start_kinesis(&base, partitions.unwrap_or(2), tx, outcomes).await,
             Kind::PubSub => start_pubsub(&base, tx, outcomes).await,
             Kind::Kafka => {
                 let names = [
@@ -243,7 +257,8 @@ impl Fixture {
                     format!("{base}-errors"),
                 ];
                 let cluster = rdkafka::mocking::MockCluster::new(1)?;
-                cluster.create_topic(&names[0], 3, 1)?;
+                let partitions = partitions.unwrap_or(3);
+                cluster.create_topic(&names[0], i32::try_from(partitions)?, 1)?;
                 cluster.create_topic(&names[1], 1, 1)?;
                 cluster.create_topic(&names[2], 1, 1)?;
                 let bootstrap = cluster.bootstrap_servers();
@@ -265,6 +280,12 @@ impl Fixture {
                     tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
                 }
                 consumer.assign(&tpl)?;
+                // Reads the connector group's committed offsets without joining the group.
+                let lag: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .set("group.id", format!("{base}-connector"))
+                    .set("enable.auto.commit", "false")
+                    .create()?;
                 let response_topic = names[1].clone();
                 tokio::spawn(async move {
                     loop {
@@ -291,9 +312,9 @@ impl Fixture {
                 });
                 Ok(Self {
                     description: format!(
-                        "Kafka: librdkafka's mock cluster in this process ({bootstrap}), topic {} with 3 \
-                         partitions, each processed in order; fetch.wait.max.ms 10 ms (the mock cluster \
-                         answers fetches only when it expires)",
+                        "Kafka: librdkafka's mock cluster in this process ({bootstrap}), topic {} with \
+                         {partitions} partitions, each processed in order; fetch.wait.max.ms 10 ms (the \
+                         mock cluster answers fetches only when it expires)",
                         names[0]
                     ),
                     env: vec![
@@ -311,7 +332,12 @@ impl Fixture {
                     ],
                     names,
                     outcomes: Some(Outcomes(outcomes)),
-                    publisher: Publisher::Kafka { producer, cluster },
+                    publisher: Publisher::Kafka {
+                        producer,
+                        lag,
+                        partitions: partitions as i32,
+                        cluster,
+                    },
                 })
             }
             Kind::Redis => {
@@ -910,9 +936,9 @@ async fn start_sqs(base: &str, tx: Tx, outcomes: Rx) -> Result<Fixture, Error> {
     })
 }
 
-/// A `moto` server with a two-shard source stream and two one-shard destination streams, each
+/// A `moto` server with a source stream of `shards` shards and two one-shard destination streams, each
 /// destination read from its start; leases and checkpoints in moto's DynamoDB.
-async fn start_kinesis(base: &str, tx: Tx, outcomes: Rx) -> Result<Fixture, Error> {
+async fn start_kinesis(base: &str, shards: usize, tx: Tx, outcomes: Rx) -> Result<Fixture, Error> {
     use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
     let moto = Moto::start().await;
     let client = aws_sdk_kinesis::Client::new(&moto.sdk_config());
@@ -921,7 +947,7 @@ async fn start_kinesis(base: &str, tx: Tx, outcomes: Rx) -> Result<Fixture, Erro
         format!("{base}-responses"),
         format!("{base}-errors"),
     ];
-    for (name, shards) in names.iter().zip([2, 1, 1]) {
+    for (name, shards) in names.iter().zip([i32::try_from(shards)?, 1, 1]) {
         client
             .create_stream()
             .stream_name(name)
@@ -1009,7 +1035,7 @@ async fn start_kinesis(base: &str, tx: Tx, outcomes: Rx) -> Result<Fixture, Erro
     ]);
     Ok(Fixture {
         description: format!(
-            "Kinesis on moto at {}, stream {} with 2 shards",
+            "Kinesis on moto at {}, stream {} with {shards} shards",
             moto.endpoint(),
             names[0]
         ),

@@ -2,6 +2,8 @@
 //! environment, and a collector of what they write back. The binaries come from the same target
 //! directory (`cargo test --workspace` builds them).
 
+pub mod autoscale;
+
 use broker_fixtures::{Fixture, Kind, Outcomes};
 use connector_core::Destination;
 use std::collections::HashMap;
@@ -81,6 +83,11 @@ pub fn binary(kind: Kind) -> String {
         .parent()
         .and_then(std::path::Path::parent)
         .expect("target dir");
+    binary_in(dir, kind)
+}
+
+/// The connector binary for `kind` in `dir`, which must exist.
+pub fn binary_in(dir: &std::path::Path, kind: Kind) -> String {
     let bin = dir.join(kind.binary());
     assert!(
         bin.is_file(),
