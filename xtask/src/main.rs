@@ -14,6 +14,10 @@
 //! - `demo`: builds the demo and a connector in release mode and runs it: librdkafka's mock
 //!   cluster (no broker to install), an echo function and the Kafka connector, messages in,
 //!   responses and an error document out (`cargo xtask demo -- --help` for other brokers).
+//! - `autoscale`: builds the workspace's binaries (debug, as the tests do) and runs
+//!   `crates/reliability`'s `autoscale`: a KEDA stand-in that starts and stops connector
+//!   processes on the metric KEDA's scaler reads while a load profile runs, and exits non-zero
+//!   on any loss (`cargo xtask autoscale -- --help`; docs/deployment.md, "Scaling").
 //! - `images`: static release binaries and one `FROM scratch` image per connector
 //!   (`cargo xtask images --help`; the image definition is `images/Containerfile`).
 
@@ -31,6 +35,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("images") => images::images(&args[1..]),
         Some("demo") => demo(&args[1..]),
+        Some("autoscale") => autoscale(&args[1..]),
         Some("help") | Some("--help") | None => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -38,7 +43,8 @@ fn main() -> ExitCode {
                  test [-- <args>]              fmt check, clippy -D warnings, all tests (brokers required; args go to cargo nextest run)\n  \
                  bench [-- <bench args>]       release build, then throughput/latency/memory/CPU/cold start per connector\n  \
                  demo [--image-build] [-- <args>]  a connector's whole job in one command, no broker to install (-- --help)\n  \
-                 images [options]              static binaries and one container image per connector (--help)"
+                 images [options]              static binaries and one container image per connector (--help)\n  \
+                 autoscale [-- <args>]         a KEDA stand-in scales each connector under a load profile (-- --help)"
             );
             Ok(())
         }
@@ -109,6 +115,14 @@ fn bench(extra: &[String]) -> Result<(), String> {
     let mut args = vec!["--bin-dir".to_owned(), release.display().to_string()];
     args.extend(passed_on(extra).map(str::to_owned));
     run_release("bench", &args, "the benchmark")
+}
+
+fn autoscale(extra: &[String]) -> Result<(), String> {
+    cargo(&["build", "--workspace", "--bins"])?;
+    let debug = target_dir().join("debug");
+    let mut args = vec!["--bin-dir".to_owned(), debug.display().to_string()];
+    args.extend(passed_on(extra).map(str::to_owned));
+    run_in(&debug, "autoscale", &args, "the autoscale run")
 }
 
 /// `extra` without the `--` that separates xtask's arguments from the program's.

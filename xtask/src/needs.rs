@@ -91,6 +91,8 @@ pub(crate) enum Get {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Start {
     RabbitMq,
+    /// The management plugin of the RabbitMQ started above.
+    RabbitMqManagement,
     Redis,
     Nats,
     Postgres,
@@ -146,6 +148,17 @@ pub(crate) const NEEDS: &[Need] = &[
         },
         get: Get::Start(Start::RabbitMq, &["rabbitmq-server"]),
         hint: "rabbitmq-server -detached   (apt-get install rabbitmq-server)",
+    },
+    Need {
+        name: "RabbitMQ management API at 127.0.0.1:15672 (KEDA's RabbitMQ scaler reads it: tests/scaling.rs, cargo xtask autoscale)",
+        needed_for: For::Test,
+        probe: Probe::Service {
+            port: 15672,
+            var: "AMQP_URL",
+            kind: Service::Listening,
+        },
+        get: Get::Start(Start::RabbitMqManagement, &["rabbitmq-server"]),
+        hint: "rabbitmq-plugins enable rabbitmq_management",
     },
     Need {
         name: "rabbitmq-server (the reliability tests start their own nodes)",

@@ -154,7 +154,7 @@ fn install(rows: &[&needs::Need]) {
 
 fn server_installed(start: Start) -> bool {
     match start {
-        Start::RabbitMq => needs::program_exists("rabbitmq-server"),
+        Start::RabbitMq | Start::RabbitMqManagement => needs::program_exists("rabbitmq-server"),
         Start::Redis => needs::program_exists("redis-server"),
         Start::Nats => needs::program_exists("nats-server"),
         Start::Postgres => postgres_cluster().is_some(),
@@ -188,6 +188,7 @@ fn start_services(rows: &[&needs::Need]) {
         }
         let (port, seconds) = match start {
             Start::RabbitMq => (5672, 120),
+            Start::RabbitMqManagement => (15672, 60),
             Start::Redis => (6379, 30),
             Start::Nats => (4222, 30),
             Start::Postgres => {
@@ -219,6 +220,10 @@ fn start_services(rows: &[&needs::Need]) {
                     "--appendonly",
                     "no",
                 ]),
+            ),
+            Start::RabbitMqManagement => run(
+                "enabling RabbitMQ's management plugin",
+                privileged("rabbitmq-plugins").args(["enable", "rabbitmq_management"]),
             ),
             _ => start_nats(),
         };

