@@ -18,6 +18,10 @@ mod keda;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// How often the Kinesis fixture's connector checkpoints (`CHECKPOINT_INTERVAL`): what a
+/// shard's next owner may redo.
+pub const KINESIS_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
 /// The brokers the demo can run against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -1085,7 +1089,10 @@ async fn start_kinesis(base: &str, shards: usize, tx: Tx, outcomes: Rx) -> Resul
         // One worker name across restarts, as a StatefulSet pod keeps its name.
         ("WORKER_ID", format!("{base}-worker")),
         ("POLL_INTERVAL", "100ms".into()),
-        ("CHECKPOINT_INTERVAL", "200ms".into()),
+        (
+            "CHECKPOINT_INTERVAL",
+            format!("{}ms", KINESIS_CHECKPOINT_INTERVAL.as_millis()),
+        ),
         ("SHARD_SYNC_INTERVAL", "1s".into()),
         // A killed replica's shards are taken over after 3 s.
         ("LEASE_DURATION", "3s".into()),

@@ -12,7 +12,7 @@ pub mod fleet;
 pub mod hpa;
 
 use crate::{Collector, WAIT};
-use broker_fixtures::{Fixture, Kind};
+use broker_fixtures::{Fixture, KINESIS_CHECKPOINT_INTERVAL, Kind};
 use connector_core::testkit::{Reply, Sink};
 use fleet::{Fleet, Stopped};
 use hpa::{Hpa, Scaling};
@@ -266,8 +266,6 @@ impl Report {
 
 /// The Kafka connector's `auto.commit.interval.ms`.
 const KAFKA_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
-/// The Kinesis fixture's `CHECKPOINT_INTERVAL`.
-const KINESIS_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What the controller shows the run.
 #[derive(Debug, Clone, Copy, Default)]
