@@ -611,7 +611,9 @@ pub fn plan(
             take.extend(
                 eligible
                     .iter()
-                    .filter(|l| l.owner.as_deref() == Some(victim))
+                    // Not one counted as this worker's own: a shard taken from it that it has
+                    // not noticed yet is not stolen back (two readers of one shard here).
+                    .filter(|l| l.owner.as_deref() == Some(victim) && !held.contains(&l.shard))
                     .map(|l| l.shard.clone())
                     .next_back(),
             );
@@ -687,6 +689,21 @@ mod tests {
         ];
         assert!(plan(&split, &set(&[]), "a", &set(&["s0"])).is_empty());
         assert!(plan(&split, &set(&[]), "b", &set(&["s1"])).is_empty());
+    }
+
+    #[test]
+    fn a_shard_taken_from_this_worker_is_not_stolen_back_before_it_notices() {
+        // b still reads s0, which a has just taken from it: b counts s0 as its own and steals
+        // one of a's others, never s0 (that would start a second reader of s0 in b).
+        let leases = [
+            lease("s1", Some("a"), None, &[]),
+            lease("s2", Some("a"), None, &[]),
+            lease("s3", Some("a"), None, &[]),
+            lease("s4", Some("a"), None, &[]),
+            lease("s5", Some("a"), None, &[]),
+            lease("s0", Some("a"), None, &[]),
+        ];
+        assert_eq!(plan(&leases, &set(&[]), "b", &set(&["s0"])), ["s5"]);
     }
 
     #[test]

@@ -217,13 +217,21 @@ async fn check_streams(client: &Client, settings: &Settings) -> Result<(), Conne
     Ok(())
 }
 
+/// One reading of a shard: the shard and the reader's generation. A shard lost and taken
+/// again in the same process gets a new reader; acks of the old one's records must not settle
+/// the new one's, whose positions restart at 1 (they moved the checkpoint past records the
+/// new reader had not handed over yet — `cargo xtask autoscale`, docs/deployment.md).
+type Reading = (Arc<str>, u64);
+
 /// Settlement state shared by acks and the coordinator.
 #[derive(Debug, Default)]
 struct Shared {
-    /// Per shard: records read (by local position) and their sequence numbers.
-    tracker: SettleTracker<Arc<str>, String>,
-    /// Per shard: the newest settled sequence number not yet written.
-    pending: Mutex<HashMap<Arc<str>, String>>,
+    /// Per reading: records read (by local position) and their sequence numbers.
+    tracker: SettleTracker<Reading, String>,
+    /// Per reading: the newest settled sequence number not yet written.
+    pending: Mutex<HashMap<Reading, String>>,
+    /// The next reader's generation.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 type KinesisDelivery = Delivery<(), KinesisAck>;
@@ -240,6 +248,8 @@ enum Start {
 struct Held {
     counter: i64,
     stop: Stop,
+    /// The generation of the reader reading it.
+    generation: u64,
 }
 
 struct Coordinator {
@@ -382,12 +392,21 @@ impl Coordinator {
             },
         };
         let shard: Arc<str> = Arc::from(lease.shard.as_str());
-        self.shared.tracker.reset([&shard]);
+        // A reader of this shard still running here (its lease taken from this worker and back
+        // before this worker noticed) stops: one reader per shard.
+        if let Some(old) = self.held.remove(&lease.shard) {
+            old.stop.cancel();
+        }
+        let generation = self
+            .shared
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stop = self.readers.child_token();
         let reader = Reader {
             client: self.kinesis.clone(),
             stream: self.config.stream.clone(),
             shard: shard.clone(),
+            generation,
             permits: Arc::new(Semaphore::new(self.config.max_in_flight)),
             limit: GET_RECORDS_LIMIT,
             poll: self.config.poll_interval,
@@ -403,6 +422,7 @@ impl Coordinator {
             Held {
                 counter: lease.counter,
                 stop,
+                generation,
             },
         );
     }
@@ -410,14 +430,14 @@ impl Coordinator {
     fn lost(&mut self, shard: &str) {
         if let Some(h) = self.held.remove(shard) {
             h.stop.cancel();
+            let key: Reading = (Arc::from(shard), h.generation);
+            self.shared.tracker.reset([&key]);
+            self.shared
+                .pending
+                .lock()
+                .expect("pending lock")
+                .remove(&key);
         }
-        let key: Arc<str> = Arc::from(shard);
-        self.shared.tracker.reset([&key]);
-        self.shared
-            .pending
-            .lock()
-            .expect("pending lock")
-            .remove(&key);
         self.ended.remove(shard);
         tracing::warn!(
             shard,
@@ -447,8 +467,9 @@ impl Coordinator {
     /// Writes the settled positions.
     async fn flush(&mut self) {
         let pending = std::mem::take(&mut *self.shared.pending.lock().expect("pending lock"));
-        for (shard, sequence) in pending {
-            if !self.held.contains_key(&*shard) {
+        for ((shard, generation), sequence) in pending {
+            // Only the current reader's progress: an earlier reader of the shard is gone.
+            if self.held.get(&*shard).map(|h| h.generation) != Some(generation) {
                 continue;
             }
             match self.table.checkpoint(&shard, &sequence).await {
@@ -461,7 +482,7 @@ impl Coordinator {
                         .pending
                         .lock()
                         .expect("pending lock")
-                        .entry(shard)
+                        .entry((shard, generation))
                         .or_insert(sequence);
                 }
             }
@@ -474,7 +495,10 @@ impl Coordinator {
         let mut finished = false;
         let ended: Vec<String> = self.ended.iter().cloned().collect();
         for shard in ended {
-            let key: Arc<str> = Arc::from(shard.as_str());
+            let Some(generation) = self.held.get(&shard).map(|h| h.generation) else {
+                continue;
+            };
+            let key: Reading = (Arc::from(shard.as_str()), generation);
             let idle = self.shared.tracker.outstanding(&key) == 0
                 && !self
                     .shared
@@ -515,6 +539,8 @@ struct Reader {
     client: Client,
     stream: String,
     shard: Arc<str>,
+    /// This reader's generation (see [`Reading`]).
+    generation: u64,
     permits: Arc<Semaphore>,
     limit: i32,
     poll: Duration,
@@ -611,9 +637,11 @@ impl Reader {
                     .approximate_arrival_timestamp
                     .and_then(|t| std::time::SystemTime::try_from(t).ok());
                 index += 1;
-                self.shared
-                    .tracker
-                    .received(&self.shard, index, sequence.clone());
+                self.shared.tracker.received(
+                    &(self.shard.clone(), self.generation),
+                    index,
+                    sequence.clone(),
+                );
                 let delivery = Delivery {
                     message: Message {
                         payload: Bytes::from(record.data.into_inner()),
@@ -627,7 +655,7 @@ impl Reader {
                     },
                     meta: (),
                     ack: KinesisAck {
-                        shard: self.shard.clone(),
+                        reading: (self.shard.clone(), self.generation),
                         position: index,
                         shared: self.shared.clone(),
                         requeue: self.requeue_tx.clone(),
@@ -697,7 +725,7 @@ impl Source for KinesisSource {
 
 /// Settles one record: its shard's checkpoint may advance.
 pub struct KinesisAck {
-    shard: Arc<str>,
+    reading: Reading,
     position: u64,
     shared: Arc<Shared>,
     requeue: mpsc::UnboundedSender<KinesisDelivery>,
@@ -707,7 +735,8 @@ pub struct KinesisAck {
 impl std::fmt::Debug for KinesisAck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KinesisAck")
-            .field("shard", &self.shard)
+            .field("shard", &self.reading.0)
+            .field("generation", &self.reading.1)
             .field("position", &self.position)
             .finish()
     }
@@ -715,12 +744,12 @@ impl std::fmt::Debug for KinesisAck {
 
 impl Acknowledger for KinesisAck {
     async fn ack(self) -> Result<(), BoxError> {
-        if let Some(sequence) = self.shared.tracker.settled(&self.shard, self.position) {
+        if let Some(sequence) = self.shared.tracker.settled(&self.reading, self.position) {
             self.shared
                 .pending
                 .lock()
                 .expect("pending lock")
-                .insert(self.shard.clone(), sequence);
+                .insert(self.reading.clone(), sequence);
         }
         Ok(())
     }

@@ -137,6 +137,43 @@ impl Fixture {
         }
     }
 
+    /// Kinesis: every record of the response stream, read again from its start (for telling a
+    /// response never written from one the live reader passed over).
+    pub async fn kinesis_responses_from_start(&self) -> Result<Vec<Vec<u8>>, Error> {
+        use aws_sdk_kinesis::types::ShardIteratorType;
+        let Publisher::Kinesis { client, .. } = &self.publisher else {
+            return Err("not a Kinesis fixture".into());
+        };
+        let stream = &self.names[1];
+        let mut all = Vec::new();
+        let shards = client
+            .list_shards()
+            .stream_name(stream)
+            .send()
+            .await?
+            .shards
+            .unwrap_or_default();
+        for shard in shards {
+            let mut iterator = client
+                .get_shard_iterator()
+                .stream_name(stream)
+                .shard_id(shard.shard_id())
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await?
+                .shard_iterator;
+            while let Some(it) = iterator {
+                let out = client.get_records().shard_iterator(it).send().await?;
+                if out.records.is_empty() {
+                    break;
+                }
+                all.extend(out.records.into_iter().map(|r| r.data.into_inner()));
+                iterator = out.next_shard_iterator;
+            }
+        }
+        Ok(all)
+    }
+
     /// The value of the connector variable `name` in this fixture's environment.
     fn var(&self, name: &str) -> Result<&str, Error> {
         self.env

@@ -181,6 +181,26 @@ impl Collector {
         .await;
     }
 
+    /// Waits up to `limit` until each of `payloads` has a response; returns those still
+    /// without one (empty: all answered). For a run that reports rather than panics.
+    pub async fn unanswered_after(&self, payloads: &[Vec<u8>], limit: Duration) -> Vec<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            let missing: Vec<Vec<u8>> = {
+                let seen = self.seen.lock().unwrap();
+                payloads
+                    .iter()
+                    .filter(|p| !seen.responses.contains_key(*p))
+                    .cloned()
+                    .collect()
+            };
+            if missing.is_empty() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return missing;
+            }
+        }
+    }
+
     /// What was read, requiring that no error document was among it.
     pub fn without_errors(&self, what: &str) -> Seen {
         let seen = self.snapshot();
