@@ -436,10 +436,9 @@ async fn profile(
             shown.join(", ")
         ));
         if kind == Kind::Kinesis {
-            // A live reader of moto's stream moves past the last sequence number it saw; a
-            // record of several writers stored after a later one would be passed over (the
-            // suspicion, docs/deployment.md). Read the stream again to tell that from a
-            // response never written.
+            // Read the stream again from its start: a response there was passed over by the
+            // live reader; one absent was never stored (moto gives two concurrent writes to a
+            // shard one sequence number, and keeps one: docs/deployment.md).
             match load.fx.kinesis_responses_from_start().await {
                 Ok(stored) => {
                     let stored: HashSet<&[u8]> = stored.iter().map(Vec::as_slice).collect();
