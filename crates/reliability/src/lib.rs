@@ -75,15 +75,19 @@ pub const IN_FLIGHT: usize = 8;
 /// The longest any wait in these tests may take.
 pub const WAIT: Duration = Duration::from_secs(240);
 
+/// Where the connector binaries of this test binary's build are: target/<profile>/deps/faults-…
+/// → target/<profile>.
+pub fn bin_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
 /// The connector binary for `kind`, built next to the test binary.
 pub fn binary(kind: Kind) -> String {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/faults-… → target/<profile>/<connector>
-    let dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("target dir");
-    binary_in(dir, kind)
+    binary_in(&bin_dir(), kind)
 }
 
 /// The connector binary for `kind` in `dir`, which must exist.

@@ -12,13 +12,7 @@ use broker_fixtures::Kind;
 use reliability::autoscale::{Options, run};
 
 async fn short_profile(kind: Kind) {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/scaling-… → target/<profile>
-    let dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("target dir");
-    let report = run(&Options::new(kind, false, dir.to_path_buf())).await;
+    let report = run(&Options::new(kind, false, reliability::bin_dir())).await;
     eprintln!("reliability: {}", report.line());
     assert!(
         report.failures.is_empty(),
