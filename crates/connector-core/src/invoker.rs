@@ -4,6 +4,7 @@
 //! leaked), gzip bodies decoded as Go's client did, optional request signing.
 
 use crate::config::{CommonConfig, HttpSettings, RetryOn};
+use crate::endpoint_auth::Credentials;
 use crate::headers::HeaderSet;
 use crate::proxy::{ProxyConnector, ProxyKind};
 use crate::signing::{RequestSigner, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -83,6 +84,8 @@ pub struct Invoker {
     breaker: Option<crate::breaker::CircuitBreaker>,
     /// `METADATA_HEADERS`: number each call in `Keda-Attempt`.
     attempt_header: bool,
+    /// `HTTP_HEADERS`, `HTTP_BEARER_TOKEN_FILE`, `HTTP_OAUTH2_*`.
+    auth: Option<crate::endpoint_auth::EndpointAuth>,
 }
 
 impl Invoker {
@@ -110,6 +113,7 @@ impl Invoker {
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
         Self {
+            auth: crate::endpoint_auth::EndpointAuth::new(&settings.auth, client.clone()),
             client,
             proxy_rules,
             endpoint_auth: endpoint_basic_auth(&common.endpoint_uri),
@@ -264,7 +268,12 @@ impl Invoker {
 
     /// One request for one hop of an attempt: `hop` 0 is the call to `HTTP_ENDPOINT`, later
     /// ones follow redirects.
-    fn request(&self, hop: &Hop, headers: &HeaderMap) -> Request<Full<Bytes>> {
+    fn request(
+        &self,
+        hop: &Hop,
+        headers: &HeaderMap,
+        credentials: &Credentials,
+    ) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(hop.body.clone()));
         *req.method_mut() = hop.method.clone();
         *req.uri_mut() = hop.uri.clone();
@@ -283,6 +292,8 @@ impl Invoker {
                 h.remove(name);
             }
             h.remove("cookie2");
+        } else {
+            credentials.apply(h);
         }
         if let Some(referer) = &hop.referer {
             h.insert(header::REFERER, referer.clone());
@@ -328,6 +339,38 @@ impl Invoker {
     }
 
     async fn attempt(&self, payload: &Bytes, headers: &HeaderMap) -> Attempt {
+        let mut credentials = Credentials::default();
+        if let Some(auth) = &self.auth {
+            match auth.credentials().await {
+                Ok(c) => credentials = c,
+                Err(e) => return Attempt::Transport(e),
+            }
+        }
+        let first = self.exchange(payload, headers, &credentials).await;
+        // A refused credential that could be renewed (a new OAuth2 token, a rotated file read
+        // now) is tried once more within the same attempt: the rotation is not the function's
+        // failure.
+        match (&self.auth, &first) {
+            (Some(auth), Attempt::Response { status, .. })
+                if *status == StatusCode::UNAUTHORIZED && auth.refused(&credentials).await =>
+            {
+                match auth.credentials().await {
+                    Ok(c) => credentials = c,
+                    Err(e) => return Attempt::Transport(e),
+                }
+                self.exchange(payload, headers, &credentials).await
+            }
+            _ => first,
+        }
+    }
+
+    /// One exchange with the endpoint (following redirects) within `HTTP_TIMEOUT`.
+    async fn exchange(
+        &self,
+        payload: &Bytes,
+        headers: &HeaderMap,
+        credentials: &Credentials,
+    ) -> Attempt {
         let exchange = async {
             let mut hop = Hop {
                 number: 0,
@@ -340,7 +383,7 @@ impl Invoker {
             loop {
                 let response = self
                     .client
-                    .request(self.request(&hop, headers))
+                    .request(self.request(&hop, headers, credentials))
                     .await
                     .map_err(|e| error_chain(&e))?;
                 let (parts, body) = response.into_parts();
@@ -595,7 +638,6 @@ pub fn connector(
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
@@ -606,7 +648,17 @@ pub fn connector(
                 "no CA certificates found on this system and no HTTP_CA_FILE; https endpoints will fail verification"
             );
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        builder.with_root_certificates(roots)
+    };
+    let tls = match settings.auth.client_cert() {
+        Some(cert) => {
+            let mut tls = tls.with_client_cert_resolver(cert);
+            // A resumed TLS session keeps the identity it was first established with: a
+            // rotated certificate would never be presented to a server that resumes.
+            tls.resumption = rustls::client::Resumption::disabled();
+            tls
+        }
+        None => tls.with_no_client_auth(),
     };
     let mut http = HttpConnector::new();
     http.enforce_http(false);

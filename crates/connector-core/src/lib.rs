@@ -173,6 +173,7 @@ pub mod check;
 pub mod config;
 pub mod delivery;
 pub mod dispatch;
+pub mod endpoint_auth;
 pub mod engine;
 pub mod error_doc;
 #[cfg(feature = "grpc-proxy")]

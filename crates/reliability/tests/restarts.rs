@@ -90,12 +90,20 @@ async fn broker_restart(kind: Kind) -> String {
         _ => server.as_mut().expect("an own server").up(),
     }
     let outage = started.elapsed();
-    collector
-        .wait_answered(
-            &format!("{kind:?}: every message answered after the restart"),
-            &payloads,
-        )
-        .await;
+    let unanswered = collector.unanswered_after(&payloads, WAIT).await;
+    if !unanswered.is_empty() {
+        // Whether the connector or the reader of the destinations stalled is read off this:
+        // the function's count, and the connector's own account of its reconnects.
+        let logs = p.logs();
+        let tail: Vec<&str> = logs.lines().rev().take(80).collect();
+        panic!(
+            "{kind:?}: {} of {total} messages unanswered {WAIT:?} after the restart; the \
+             function was called {} times; the connector's last log lines:\n{}",
+            unanswered.len(),
+            sink.count(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     // Ready again: the second "ready" of the run.
     p.wait_log("\"ready\":true", 2).await;
     p.stop().await;

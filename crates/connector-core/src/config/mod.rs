@@ -103,6 +103,9 @@ pub struct HttpSettings {
     pub insecure_skip_verify: bool,
     /// Which proxy carries a call (`HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY`, Go's rules).
     pub proxy: crate::proxy::ProxyRules,
+    /// Credentials for the endpoint (`HTTP_HEADERS`, `HTTP_BEARER_TOKEN_FILE`, mutual TLS,
+    /// OAuth2); empty unless one of their variables is set.
+    pub auth: crate::endpoint_auth::AuthSettings,
 }
 
 impl std::fmt::Debug for HttpSettings {
@@ -118,6 +121,7 @@ impl std::fmt::Debug for HttpSettings {
             .field("ca_certs", &self.ca_certs.len())
             .field("insecure_skip_verify", &self.insecure_skip_verify)
             .field("proxy", &self.proxy)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -312,6 +316,7 @@ impl Settings {
             },
             insecure_skip_verify: vars.bool("HTTP_TLS_INSECURE_SKIP_VERIFY", false)?,
             proxy: crate::proxy::ProxyRules::from_env(env, &common.endpoint_uri, &mut warnings)?,
+            auth: crate::endpoint_auth::AuthSettings::from_vars(&vars)?,
         };
         if http.insecure_skip_verify {
             if !http.ca_certs.is_empty() {
