@@ -453,11 +453,11 @@ fn bad_auth_variables_name_the_variable_and_never_show_a_secret() {
         ),
         (
             vec![("HTTP_BEARER_TOKEN_FILE", "/nonexistent/token")],
-            "HTTP_BEARER_TOKEN_FILE: cannot read /nonexistent/token: No such file or directory (os error 2)",
+            "HTTP_BEARER_TOKEN_FILE: cannot read \"/nonexistent/token\": No such file or directory (os error 2)",
         ),
         (
             vec![("HTTP_CLIENT_CERT_FILE", &token_path)],
-            "environment variable not found: HTTP_CLIENT_KEY_FILE",
+            "HTTP_CLIENT_CERT_FILE: is set but HTTP_CLIENT_KEY_FILE is not",
         ),
         (
             vec![("HTTP_OAUTH2_CLIENT_ID", "c")],

@@ -82,8 +82,18 @@ impl AuthSettings {
                 ClientCert::load(cert, key)
                     .map_err(|e| ConfigError::conflict("HTTP_CLIENT_CERT_FILE", e))?,
             ),
-            (Some(_), None) => return Err(ConfigError::missing("HTTP_CLIENT_KEY_FILE")),
-            (None, Some(_)) => return Err(ConfigError::missing("HTTP_CLIENT_CERT_FILE")),
+            (Some(_), None) => {
+                return Err(ConfigError::conflict(
+                    "HTTP_CLIENT_CERT_FILE",
+                    "is set but HTTP_CLIENT_KEY_FILE is not",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::conflict(
+                    "HTTP_CLIENT_KEY_FILE",
+                    "is set but HTTP_CLIENT_CERT_FILE is not",
+                ));
+            }
         };
         let oauth2 = oauth2_settings(vars)?;
 
@@ -160,10 +170,10 @@ fn oauth2_settings(vars: &Vars<'_>) -> Result<Option<OAuth2Settings>, ConfigErro
     if !parsed
         .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
     {
-        return Err(ConfigError::invalid(
+        // Not echoed: a URL can carry credentials.
+        return Err(ConfigError::invalid_secret(
             "HTTP_OAUTH2_TOKEN_URL",
             "an http:// or https:// URL",
-            &token_url,
         ));
     }
     let client_id = vars

@@ -134,7 +134,7 @@ impl<T> Inner<T> {
 fn read_all(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, String> {
     paths
         .iter()
-        .map(|p| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display())))
+        .map(|p| std::fs::read(p).map_err(|e| format!("cannot read {p:?}: {e}")))
         .collect()
 }
 
