@@ -208,6 +208,21 @@ impl Sink {
         .await;
     }
 
+    /// Waits until a kept request matches `matches` (`what` names it in the panic after
+    /// `limit`).
+    pub async fn wait_for_request(
+        &self,
+        what: &str,
+        limit: Duration,
+        matches: impl Fn(&Recorded) -> bool,
+    ) {
+        wait_until(&self.state.arrived, limit, what, || {
+            let requests = self.state.requests.lock().expect("lock");
+            (requests.iter().any(&matches), requests.len())
+        })
+        .await;
+    }
+
     /// Waits until `n` requests are being held at the same time (with the gate closed).
     pub async fn wait_for_in_flight(&self, n: usize, limit: Duration) {
         let what = format!("{n} concurrent requests");
