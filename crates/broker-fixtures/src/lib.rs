@@ -423,24 +423,39 @@ impl Fixture {
                         )
                         .await
                     };
-                    // Connects (again after a broker restart) and forwards both queues.
+                    // Connects (again after a broker restart) and forwards both queues. Every
+                    // step has a deadline and the session ends as soon as either consumer does:
+                    // a reader waiting on a dead connection would look like lost messages.
+                    let step = Duration::from_secs(10);
                     while !tx.is_closed() {
-                        if let Ok(conn) = rabbitmq_connect(&reader_url, ca.clone()).await
-                            && let Ok(ch) = conn.create_channel().await
-                            && let Ok(responses) = consume(&ch, &queues[0]).await
-                            && let Ok(errors) = consume(&ch, &queues[1]).await
+                        let session = async {
+                            let conn = rabbitmq_connect(&reader_url, ca.clone()).await.ok()?;
+                            let ch = conn.create_channel().await.ok()?;
+                            let responses = consume(&ch, &queues[0]).await.ok()?;
+                            let errors = consume(&ch, &queues[1]).await.ok()?;
+                            Some((conn, responses, errors))
+                        };
+                        if let Ok(Some((conn, mut responses, mut errors))) =
+                            tokio::time::timeout(step, session).await
                         {
-                            let mut both = responses
-                                .map(|m| (Destination::Response, m))
-                                .or(errors.map(|m| (Destination::Error, m)));
-                            while let Some((d, Ok(m))) = both.next().await {
+                            loop {
+                                let next = tokio::select! {
+                                    m = responses.next() => m.map(|m| (Destination::Response, m)),
+                                    m = errors.next() => m.map(|m| (Destination::Error, m)),
+                                };
+                                let Some((d, Ok(m))) = next else { break };
                                 let acker = m.acker.clone();
                                 if tx.send(Ok(arrived(d, m.data))).await.is_err() {
                                     return;
                                 }
-                                // A lost ack only brings the delivery back: read twice, not lost.
-                                let _ = acker.ack(Default::default()).await;
+                                // A lost ack only brings the delivery back: read twice, not
+                                // lost.
+                                let _ =
+                                    tokio::time::timeout(step, acker.ack(Default::default())).await;
                             }
+                            let _ =
+                                tokio::time::timeout(step, conn.close(200, "reconnecting".into()))
+                                    .await;
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
