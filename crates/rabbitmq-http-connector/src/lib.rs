@@ -58,7 +58,7 @@ impl Connector for RabbitConnector {
     }
 
     async fn check(&self, engine: &Engine) -> Vec<Check> {
-        let connection = match connect(&self.config).await {
+        let connection = match connect(&self.config, false).await {
             Ok(c) => c,
             Err(ConnectError::Retry(e) | ConnectError::Fatal(e)) => {
                 return vec![Check::fail(
@@ -103,15 +103,17 @@ impl Connector for RabbitConnector {
 
     async fn run(self, engine: Engine) -> Result<(), BoxError> {
         let mut backoff = ReconnectBackoff::default();
+        let mut reconnecting = false;
         loop {
             let Some(mut session) = engine
                 .connect("RabbitMQ", &mut backoff, || {
-                    Session::open(&self.config, &engine)
+                    Session::open(&self.config, &engine, reconnecting)
                 })
                 .await?
             else {
                 return Ok(());
             };
+            reconnecting = true;
             engine.health().set_ready(true);
             tracing::info!(queue = %self.config.queue, prefetch = self.config.prefetch(), "consuming");
             let end = engine
@@ -129,8 +131,8 @@ impl Connector for RabbitConnector {
     }
 }
 
-/// Opens the connection `HOST` names.
-async fn connect(config: &RabbitConfig) -> Result<Connection, ConnectError> {
+/// Opens the connection `HOST` names. `reconnecting`: after a session was lost (see below).
+async fn connect(config: &RabbitConfig, reconnecting: bool) -> Result<Connection, ConnectError> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("{} {}", RabbitConnector::NAME, config.queue).into());
     let runtime = lapin::runtime::default_runtime()?;
@@ -150,17 +152,34 @@ async fn connect(config: &RabbitConfig) -> Result<Connection, ConnectError> {
             .uri
             .clone()
             .connect_with_config(properties, config.tls.clone(), runtime);
-    // Fatal, as in the original (its dial failed and the process exited): lapin's I/O
-    // thread for an abandoned handshake is not stopped, so retrying could pile them up; a
-    // restarted pod starts clean.
-    Ok(tokio::time::timeout(limit, connecting)
+    // At start, fatal, as in the original (its dial failed and the process exited): a
+    // listener that accepts but never speaks AMQP keeps lapin's I/O thread for the abandoned
+    // handshake, so retrying could pile them up; a restarted pod starts clean.
+    // When reconnecting, retried: a broker going down (`rabbitmqctl stop_app`) can accept a
+    // connection and reset it mid-handshake, and lapin 4 then never resolves the handshake
+    // (the resolver is dropped with the frame it could not send), so this deadline is what ends
+    // it; the broker coming back is worth the wait.
+    tokio::time::timeout(limit, connecting)
         .await
         .map_err(|_| {
-            ConnectError::Fatal(
-                format!("HOST: no AMQP handshake within {limit:?} (connection_timeout)").into(),
-            )
-        })??)
+            let e = format!("HOST: no AMQP handshake within {limit:?} (connection_timeout)").into();
+            if reconnecting {
+                ConnectError::Retry(e)
+            } else {
+                ConnectError::Fatal(e)
+            }
+        })?
+        .map_err(ConnectError::from)
 }
+
+/// How long opening the channels and consumer of a session may take once connected: the broker
+/// answers each step in milliseconds, and one that is alive but never answers (heartbeats do
+/// not cover a missing reply) must not hold the connector forever.
+const SESSION_SET_UP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long closing a session may take: `close` waits for the broker's close-ok with
+/// heartbeats already off.
+const SESSION_CLOSE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The queues the connector uses, with their variables.
 fn queues(engine: &Engine) -> Vec<(&'static str, &str)> {
@@ -211,13 +230,47 @@ struct Session {
 }
 
 impl Session {
-    async fn open(config: &RabbitConfig, engine: &Engine) -> Result<Self, ConnectError> {
-        let connection = connect(config).await?;
+    async fn open(
+        config: &RabbitConfig,
+        engine: &Engine,
+        reconnecting: bool,
+    ) -> Result<Self, ConnectError> {
+        let connection = connect(config, reconnecting).await?;
+        match tokio::time::timeout(SESSION_SET_UP, Self::set_up(&connection, config, engine)).await
+        {
+            Ok(Ok((source, publisher))) => Ok(Self {
+                connection,
+                source,
+                publisher,
+            }),
+            Ok(Err(e)) => {
+                let _ =
+                    tokio::time::timeout(SESSION_CLOSE, connection.close(200, "bye".into())).await;
+                Err(e)
+            }
+            Err(_) => {
+                let _ =
+                    tokio::time::timeout(SESSION_CLOSE, connection.close(200, "bye".into())).await;
+                Err(ConnectError::Retry(
+                    format!(
+                        "RabbitMQ did not answer opening the channels within {SESSION_SET_UP:?}"
+                    )
+                    .into(),
+                ))
+            }
+        }
+    }
+
+    /// The consumer and the publisher on their own channels of `connection`.
+    async fn set_up(
+        connection: &Connection,
+        config: &RabbitConfig,
+        engine: &Engine,
+    ) -> Result<(RabbitSource, Arc<RabbitPublisher>), ConnectError> {
         // The original never declares queues; neither do we. But a queue that does not exist
         // is reported at start rather than failing every message.
         for (var, queue) in queues(engine) {
-            if look_up(&connection, queue).await?.is_none() {
-                let _ = connection.close(200, "bye".into()).await;
+            if look_up(connection, queue).await?.is_none() {
                 return Err(ConnectError::Fatal(
                     format!("{var}: queue {queue:?} does not exist on the broker").into(),
                 ));
@@ -242,28 +295,25 @@ impl Session {
             )
             .await?;
         let broken = Arc::new(Notify::new());
-        Ok(Self {
-            connection,
-            source: RabbitSource {
+        Ok((
+            RabbitSource {
                 tag: consumer.tag(),
                 consumer,
                 channel: consume,
                 publisher_broken: broken.clone(),
             },
-            publisher: Arc::new(RabbitPublisher {
+            Arc::new(RabbitPublisher {
                 channel: publish,
                 content_type: common.content_type.as_str().into(),
                 broken,
             }),
-        })
+        ))
     }
 
     /// Closing the connection hands every unacknowledged delivery back to the queue.
     async fn close(self) {
-        let _ = self
-            .connection
-            .close(200, "connector stopping".into())
-            .await;
+        let closing = self.connection.close(200, "connector stopping".into());
+        let _ = tokio::time::timeout(SESSION_CLOSE, closing).await;
     }
 }
 

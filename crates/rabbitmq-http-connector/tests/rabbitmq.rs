@@ -479,10 +479,13 @@ async fn sigterm_under_load_loses_nothing() {
     assert_eq!(q.ready(&q.source).await, 0);
 }
 
-/// A TCP proxy whose connections the test can cut, to simulate the broker dropping us.
+/// A TCP proxy whose connections the test can cut, to simulate the broker dropping us, and
+/// that can leave the next connections mute (accepted, never answered: the handshake of a
+/// broker going down that never completes).
 struct Proxy {
     port: u16,
     conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    mute_next: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -490,11 +493,23 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let c = conns.clone();
+        let mute_next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (c, mute) = (conns.clone(), mute_next.clone());
         tokio::spawn(async move {
             loop {
                 let (mut inbound, _) = listener.accept().await.unwrap();
+                let muted = mute
+                    .fetch_update(
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_ok();
                 let handle = tokio::spawn(async move {
+                    if muted {
+                        // Holds the connection open and says nothing until cut.
+                        std::future::pending::<()>().await;
+                    }
                     if let Ok(mut outbound) = TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
@@ -502,7 +517,11 @@ impl Proxy {
                 c.lock().unwrap().push(handle);
             }
         });
-        Self { port, conns }
+        Self {
+            port,
+            conns,
+            mute_next,
+        }
     }
 
     /// Drops every open connection (both directions close).
@@ -558,6 +577,40 @@ async fn reconnects_after_the_connection_is_cut() {
     );
     proc.stop().await;
     assert_eq!(q.ready(&q.source).await, 0);
+}
+
+/// After a session was lost, a handshake that never completes (lapin 4 never resolves one the
+/// broker reset mid-way, as `rabbitmqctl stop_app` can) is given up at `connection_timeout`
+/// and retried; at start it still stops the connector, as the original's failed dial did.
+#[tokio::test]
+async fn a_stalled_handshake_while_reconnecting_is_retried() {
+    let ch = broker().await;
+    let q = Queues::new(&ch).await;
+    let sink = Sink::start().await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let host = format!(
+        "{}?connection_timeout=1000",
+        amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port))
+    );
+    let mut proc = Process::start(BIN, &env(&q, &sink, &[("HOST", &host)]));
+    proc.wait_log("\"consuming\"", 1).await;
+    proxy
+        .mute_next
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    proxy.cut();
+    proc.wait_log("no AMQP handshake within 1s", 1).await;
+    proc.wait_log("\"consuming\"", 2).await;
+    q.publish(b"after", BasicProperties::default()).await;
+    let got = q.take(&q.response, 1, WAIT).await;
+    assert_eq!(got[0].data, b"after");
+    proc.stop().await;
+
+    // At start, the same stall is fatal.
+    proxy
+        .mute_next
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let mut proc = Process::start(BIN, &env(&q, &sink, &[("HOST", &host)]));
+    proc.expect_exit(1, "no AMQP handshake within 1s").await;
 }
 
 #[tokio::test]
