@@ -321,8 +321,16 @@ async fn oauth2_tokens_are_cached_renewed_before_expiry_and_after_a_401() {
         !error.contains("wrong"),
         "the secret is never shown: {error}"
     );
+    // The failure is remembered for a second: calls right after it fail at once, without
+    // asking the token endpoint again.
     std::fs::write(&secret, "s3cret").unwrap();
+    let asked = issuer.sink.count();
+    assert!(matches!(caller.call().await, Outcome::Failure(_)));
+    assert_eq!(issuer.sink.count(), asked, "the failure was remembered");
+    // The memory's length is the scenario: wall-clock time by definition.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(matches!(caller.call().await, Outcome::Success(_)));
+    assert_eq!(issuer.sink.count(), asked + 1);
     std::fs::remove_file(&secret).unwrap();
 }
 

@@ -29,6 +29,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connect, Connection, ConnectionProperties, Consumer,
 };
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::sync::Notify;
 
 /// The RabbitMQ connector.
@@ -58,7 +59,7 @@ impl Connector for RabbitConnector {
     }
 
     async fn check(&self, engine: &Engine) -> Vec<Check> {
-        let connection = match connect(&self.config, false).await {
+        let connection = match connect(&self.config, None).await {
             Ok(c) => c,
             Err(ConnectError::Retry(e) | ConnectError::Fatal(e)) => {
                 return vec![Check::fail(
@@ -104,10 +105,11 @@ impl Connector for RabbitConnector {
     async fn run(self, engine: Engine) -> Result<(), BoxError> {
         let mut backoff = ReconnectBackoff::default();
         let mut reconnecting = false;
+        let stalls = AtomicU32::new(0);
         loop {
             let Some(mut session) = engine
                 .connect("RabbitMQ", &mut backoff, || {
-                    Session::open(&self.config, &engine, reconnecting)
+                    Session::open(&self.config, &engine, reconnecting.then_some(&stalls))
                 })
                 .await?
             else {
@@ -131,8 +133,16 @@ impl Connector for RabbitConnector {
     }
 }
 
-/// Opens the connection `HOST` names. `reconnecting`: after a session was lost (see below).
-async fn connect(config: &RabbitConfig, reconnecting: bool) -> Result<Connection, ConnectError> {
+/// Stalled handshakes in a row, while reconnecting, after which the connector stops anyway: each
+/// leaves lapin's I/O thread behind (see `connect`), so they must not pile up.
+const STALLS_IN_A_ROW: u32 = 3;
+
+/// Opens the connection `HOST` names. `reconnecting`: after a session was lost, the count of
+/// handshakes that stalled in a row (see below); `None` at start.
+async fn connect(
+    config: &RabbitConfig,
+    reconnecting: Option<&AtomicU32>,
+) -> Result<Connection, ConnectError> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("{} {}", RabbitConnector::NAME, config.queue).into());
     let runtime = lapin::runtime::default_runtime()?;
@@ -157,19 +167,23 @@ async fn connect(config: &RabbitConfig, reconnecting: bool) -> Result<Connection
     // handshake, so retrying could pile them up; a restarted pod starts clean.
     // When reconnecting, retried: a broker going down (`rabbitmqctl stop_app`) can accept a
     // connection and reset it mid-handshake, and lapin 4 then never resolves the handshake
-    // (the resolver is dropped with the frame it could not send), so this deadline is what ends
-    // it; the broker coming back is worth the wait.
-    tokio::time::timeout(limit, connecting)
-        .await
-        .map_err(|_| {
-            let e = format!("HOST: no AMQP handshake within {limit:?} (connection_timeout)").into();
-            if reconnecting {
-                ConnectError::Retry(e)
-            } else {
-                ConnectError::Fatal(e)
+    // (the resolver is dropped with the frame it could not send; its I/O thread does end on
+    // the reset), so this deadline is what ends it; the broker coming back is worth the wait.
+    // A peer that stays silent keeps the thread, hence the limit of `STALLS_IN_A_ROW`.
+    let connected = tokio::time::timeout(limit, connecting).await.map_err(|_| {
+        let e = format!("HOST: no AMQP handshake within {limit:?} (connection_timeout)");
+        match reconnecting {
+            Some(stalls) if stalls.fetch_add(1, Ordering::SeqCst) + 1 < STALLS_IN_A_ROW => {
+                ConnectError::Retry(e.into())
             }
-        })?
-        .map_err(ConnectError::from)
+            Some(_) => ConnectError::Fatal(format!("{e}, {STALLS_IN_A_ROW} times in a row").into()),
+            None => ConnectError::Fatal(e.into()),
+        }
+    })?;
+    if let Some(stalls) = reconnecting {
+        stalls.store(0, Ordering::SeqCst);
+    }
+    connected.map_err(ConnectError::from)
 }
 
 /// How long opening the channels and consumer of a session may take once connected: the broker
@@ -233,7 +247,7 @@ impl Session {
     async fn open(
         config: &RabbitConfig,
         engine: &Engine,
-        reconnecting: bool,
+        reconnecting: Option<&AtomicU32>,
     ) -> Result<Self, ConnectError> {
         let connection = connect(config, reconnecting).await?;
         match tokio::time::timeout(SESSION_SET_UP, Self::set_up(&connection, config, engine)).await

@@ -27,7 +27,16 @@ const MALFORMED: &[&str] = &[
 const CANARY: &str = "Q7-echo-canary-Q7";
 
 /// Variables whose value must never be shown (substrings of the name).
-const SECRET_NAMES: &[&str] = &["PASSWORD", "SECRET", "TOKEN", "NKEY", "CREDENTIALS", "KEY"];
+const SECRET_NAMES: &[&str] = &[
+    "PASSWORD",
+    "SECRET",
+    "TOKEN",
+    "NKEY",
+    "CREDENTIALS",
+    "KEY",
+    // `Name: value` lines whose values are API keys.
+    "HTTP_HEADERS",
+];
 
 struct Case {
     connector: &'static str,

@@ -79,8 +79,7 @@ impl AuthSettings {
         let client_cert = match (file("HTTP_CLIENT_CERT_FILE"), file("HTTP_CLIENT_KEY_FILE")) {
             (None, None) => None,
             (Some(cert), Some(key)) => Some(
-                ClientCert::load(cert, key)
-                    .map_err(|e| ConfigError::conflict("HTTP_CLIENT_CERT_FILE", e))?,
+                ClientCert::load(cert, key).map_err(|(var, e)| ConfigError::conflict(var, e))?,
             ),
             (Some(_), None) => {
                 return Err(ConfigError::conflict(
@@ -166,9 +165,10 @@ fn oauth2_settings(vars: &Vars<'_>) -> Result<Option<OAuth2Settings>, ConfigErro
         }
         return Ok(None);
     };
-    let parsed: Option<http::Uri> = token_url.parse().ok();
+    // Checked the way each token request will read it (the `url` crate, through `oauth2`).
+    let parsed = oauth2::TokenUrl::new(token_url.clone()).ok();
     if !parsed
-        .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+        .is_some_and(|u| matches!(u.url().scheme(), "http" | "https") && u.url().host().is_some())
     {
         // Not echoed: a URL can carry credentials.
         return Err(ConfigError::invalid_secret(
@@ -207,13 +207,17 @@ fn oauth2_settings(vars: &Vars<'_>) -> Result<Option<OAuth2Settings>, ConfigErro
     }))
 }
 
-/// Headers the connector writes itself: configuring them would break the request.
-const RESERVED: [HeaderName; 5] = [
+/// Headers the connector writes itself: configuring them would break the request, or be
+/// overwritten.
+const RESERVED: [HeaderName; 8] = [
     header::HOST,
     header::CONTENT_LENGTH,
     header::TRANSFER_ENCODING,
     header::CONNECTION,
     header::UPGRADE,
+    header::USER_AGENT,
+    header::ACCEPT_ENCODING,
+    header::PROXY_AUTHORIZATION,
 ];
 
 /// `Name: value` lines; blank lines and lines starting with `#` are skipped. Errors give the
@@ -228,8 +232,10 @@ pub fn parse_header_lines(raw: &[u8]) -> Result<HeaderLines, String> {
         let Some((name, value)) = line.split_once(':') else {
             return Err(format!("line {n} is not `Name: value`"));
         };
+        // The text before the colon is not shown either: a line missing its name can begin
+        // with the value.
         let name = HeaderName::try_from(name.trim())
-            .map_err(|_| format!("line {n}: {:?} is not a header name", name.trim()))?;
+            .map_err(|_| format!("line {n}: not a valid header name before the colon"))?;
         if RESERVED.contains(&name) {
             return Err(format!(
                 "line {n}: {name} is written by the connector itself"
@@ -269,8 +275,9 @@ pub(crate) struct EndpointAuth {
 /// The credentials one attempt sends.
 #[derive(Debug, Default)]
 pub(crate) struct Credentials {
-    headers: HeaderLines,
-    /// The OAuth2 token among them, to forget if the endpoint refuses it.
+    /// From the variables and files.
+    files: HeaderLines,
+    /// The OAuth2 token, to forget if the endpoint refuses it.
     oauth: Option<HeaderValue>,
 }
 
@@ -298,23 +305,34 @@ impl EndpointAuth {
         })
     }
 
-    /// What to send now. Fails only when an OAuth2 token cannot be had.
-    pub(crate) async fn credentials(&self) -> Result<Credentials, String> {
+    /// The headers from the variables and files, as they are now.
+    fn configured_headers(&self) -> HeaderLines {
         let mut headers = self.headers.clone();
         if let Some(w) = &self.headers_file {
-            headers.extend(w.get().iter().cloned());
+            // A rotated headers file cannot add a second Authorization to a configured one
+            // (refused at start; dropped here).
+            let token_configured = self.bearer.is_some() || self.oauth.is_some();
+            headers.extend(
+                w.get()
+                    .iter()
+                    .filter(|(n, _)| !(token_configured && n == header::AUTHORIZATION))
+                    .cloned(),
+            );
         }
         if let Some(w) = &self.bearer {
             headers.push((header::AUTHORIZATION, (*w.get()).clone()));
         }
+        headers
+    }
+
+    /// What to send now. Fails only when an OAuth2 token cannot be had.
+    pub(crate) async fn credentials(&self) -> Result<Credentials, String> {
+        let files = self.configured_headers();
         let oauth = match &self.oauth {
             Some(o) => Some(o.authorization().await?),
             None => None,
         };
-        if let Some(token) = &oauth {
-            headers.push((header::AUTHORIZATION, token.clone()));
-        }
-        Ok(Credentials { headers, oauth })
+        Ok(Credentials { files, oauth })
     }
 
     /// The endpoint answered 401 to `used`: renew what can be renewed (a new OAuth2 token, the
@@ -323,27 +341,33 @@ impl EndpointAuth {
     pub(crate) async fn refused(&self, used: &Credentials) -> bool {
         let mut renewed = false;
         if let (Some(o), Some(token)) = (&self.oauth, &used.oauth) {
-            o.refused(token).await;
-            renewed = true;
+            renewed = o.refused(token).await;
         }
         if let Some(w) = &self.bearer {
-            renewed |= w.reload();
+            w.reload();
         }
         if let Some(w) = &self.headers_file {
-            renewed |= w.reload();
+            w.reload();
         }
-        renewed
+        // Compared with what was sent, not with what this re-read changed: the periodic
+        // re-read may have picked the rotation up after this call read the old file.
+        renewed || self.configured_headers() != used.files
     }
 }
 
 impl Credentials {
     /// Replaces any header of the same name (the message's included): what is configured wins.
     pub(crate) fn apply(&self, h: &mut HeaderMap) {
-        for (name, _) in &self.headers {
+        let token = self
+            .oauth
+            .iter()
+            .map(|t| (header::AUTHORIZATION, t.clone()));
+        let all: HeaderLines = self.files.iter().cloned().chain(token).collect();
+        for (name, _) in &all {
             h.remove(name);
         }
-        for (name, value) in &self.headers {
-            h.append(name.clone(), value.clone());
+        for (name, value) in all {
+            h.append(name, value);
         }
     }
 }
@@ -373,7 +397,11 @@ mod tests {
             (&b"X-Api-Key s3cret"[..], "line 1 is not `Name: value`"),
             (
                 b"\nBad Name: s3cret",
-                "line 2: \"Bad Name\" is not a header name",
+                "line 2: not a valid header name before the colon",
+            ),
+            (
+                b"X-Key s3cret:x",
+                "line 1: not a valid header name before the colon",
             ),
             (
                 b"X-Key: s3cret\x01",

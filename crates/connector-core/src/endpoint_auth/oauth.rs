@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-/// What `HTTP_OAUTH2_*` say.
-#[derive(Debug, Clone)]
+/// What `HTTP_OAUTH2_*` say. `Debug` leaves the token URL out (it may carry credentials).
+#[derive(Clone)]
 pub struct OAuth2Settings {
     /// `HTTP_OAUTH2_TOKEN_URL`.
     pub token_url: String,
@@ -25,6 +25,16 @@ pub struct OAuth2Settings {
     pub client_secret_file: PathBuf,
     /// `HTTP_OAUTH2_SCOPES`: space- or comma-separated.
     pub scopes: Vec<String>,
+}
+
+impl std::fmt::Debug for OAuth2Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuth2Settings")
+            .field("client_id", &self.client_id)
+            .field("client_secret_file", &self.client_secret_file)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The hyper client the token requests go through.
@@ -40,17 +50,33 @@ const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// short-lived token is not refetched at every call.
 const EARLY_REFRESH_MAX: Duration = Duration::from_secs(60);
 
+/// A failed token request is answered from memory for this long: calls queued behind it (and
+/// the ones right after) fail at once instead of each asking the token endpoint again.
+const FAILURE_MEMORY: Duration = Duration::from_secs(1);
+
+/// After a 401 has thrown a token away, another 401 within this long does not: an endpoint
+/// that refuses every token (wrong audience) must not turn every message into a token grant.
+const FORGET_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+
 /// The cached token and how to get a new one.
 pub(crate) struct OAuth2Client {
     settings: OAuth2Settings,
     http: HttpClient,
-    token: tokio::sync::Mutex<Option<Cached>>,
+    state: tokio::sync::Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    token: Option<Cached>,
+    /// The last failed token request: when, and why.
+    failed: Option<(Instant, String)>,
+    /// When a 401 last threw a token away.
+    forgotten: Option<Instant>,
 }
 
 impl std::fmt::Debug for OAuth2Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OAuth2Client")
-            .field("token_url", &self.settings.token_url)
             .field("client_id", &self.settings.client_id)
             .finish_non_exhaustive()
     }
@@ -61,6 +87,8 @@ struct Cached {
     header: HeaderValue,
     /// When to fetch a new one; `None` when the server gave no lifetime (kept until a 401).
     refresh_at: Option<Instant>,
+    /// When it stops being valid: until then it is still used if a refresh fails.
+    expires_at: Option<Instant>,
 }
 
 impl OAuth2Client {
@@ -68,31 +96,67 @@ impl OAuth2Client {
         Self {
             settings,
             http,
-            token: tokio::sync::Mutex::new(None),
+            state: tokio::sync::Mutex::default(),
         }
     }
 
-    /// `Bearer <token>`: the cached one while it is fresh, otherwise a new one (one request at a
-    /// time: calls waiting meanwhile share its answer).
+    /// `Bearer <token>`: the cached one while it is fresh, otherwise a new one. One token
+    /// request at a time; calls waiting meanwhile get its token, or its failure (see
+    /// [`FAILURE_MEMORY`]). A token due for refresh but still valid is used while the refresh
+    /// fails.
     pub(crate) async fn authorization(&self) -> Result<HeaderValue, String> {
-        let mut cached = self.token.lock().await;
-        if let Some(c) = cached.as_ref()
-            && c.refresh_at.is_none_or(|at| Instant::now() < at)
+        let mut state = self.state.lock().await;
+        let now = Instant::now();
+        if let Some(c) = &state.token
+            && c.refresh_at.is_none_or(|at| now < at)
         {
             return Ok(c.header.clone());
         }
-        let fresh = self.fetch().await?;
-        let header = fresh.header.clone();
-        *cached = Some(fresh);
-        Ok(header)
+        if let Some((at, why)) = &state.failed
+            && now.duration_since(*at) < FAILURE_MEMORY
+        {
+            return Err(why.clone());
+        }
+        match self.fetch().await {
+            Ok(fresh) => {
+                let header = fresh.header.clone();
+                state.token = Some(fresh);
+                state.failed = None;
+                Ok(header)
+            }
+            Err(why) => {
+                state.failed = Some((Instant::now(), why.clone()));
+                match &state.token {
+                    Some(c) if c.expires_at.is_some_and(|at| Instant::now() < at) => {
+                        tracing::warn!(error = %why, "OAuth2 token refresh failed; the current token is still valid");
+                        Ok(c.header.clone())
+                    }
+                    _ => Err(why),
+                }
+            }
+        }
     }
 
-    /// The endpoint refused `used`: forget it, unless a newer one already replaced it.
-    pub(crate) async fn refused(&self, used: &HeaderValue) {
-        let mut cached = self.token.lock().await;
-        if cached.as_ref().is_some_and(|c| c.header == used) {
-            *cached = None;
+    /// The endpoint refused `used`: forget it, unless a newer one already replaced it or a
+    /// 401 forgot one less than [`FORGET_AT_MOST_EVERY`] ago. `true` when it was forgotten (a
+    /// new one will be asked for).
+    pub(crate) async fn refused(&self, used: &HeaderValue) -> bool {
+        let mut state = self.state.lock().await;
+        let now = Instant::now();
+        if state.token.as_ref().is_some_and(|c| c.header != used) {
+            // Renewed meanwhile: the next try uses the newer one.
+            return true;
         }
+        if state
+            .forgotten
+            .is_some_and(|at| now.duration_since(at) < FORGET_AT_MOST_EVERY)
+        {
+            return false;
+        }
+        state.token = None;
+        state.failed = None;
+        state.forgotten = Some(now);
+        true
     }
 
     async fn fetch(&self) -> Result<Cached, String> {
@@ -127,8 +191,13 @@ impl OAuth2Client {
         let refresh_at = response.expires_in().map(|lifetime| {
             started + lifetime.saturating_sub((lifetime / 10).min(EARLY_REFRESH_MAX))
         });
+        let expires_at = response.expires_in().map(|lifetime| started + lifetime);
         tracing::debug!(expires_in = ?response.expires_in(), "OAuth2 access token fetched");
-        Ok(Cached { header, refresh_at })
+        Ok(Cached {
+            header,
+            refresh_at,
+            expires_at,
+        })
     }
 }
 
