@@ -380,6 +380,10 @@ impl Engine {
             }
             h.set(DELIVERY_COUNT_HEADER, &count.to_string());
         }
+        if let Some(ce) = &self.settings().http.cloudevents {
+            let h = headers.get_or_insert_with(|| self.default_headers().clone());
+            ce.apply(h, &message, message.id.as_deref());
+        }
         let request_headers = headers.as_ref().unwrap_or(self.default_headers());
         let diversion = match (rules.max_deliveries, count) {
             (Some(max), Some(count)) if count > max => {

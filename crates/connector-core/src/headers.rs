@@ -91,6 +91,16 @@ impl HeaderSet {
         v
     }
 
+    /// The stored keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_str())
+    }
+
+    /// Removes `key` (case-insensitively).
+    pub fn remove(&mut self, key: &str) {
+        self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+    }
+
     /// The first value of `key` (case-insensitive).
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries

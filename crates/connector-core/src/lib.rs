@@ -170,6 +170,7 @@ pub mod aws;
 pub mod backoff;
 pub mod breaker;
 pub mod check;
+pub mod cloudevents;
 pub mod config;
 pub mod delivery;
 pub mod dispatch;

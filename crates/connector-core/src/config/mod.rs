@@ -106,6 +106,9 @@ pub struct HttpSettings {
     /// Credentials for the endpoint (`HTTP_HEADERS`, `HTTP_BEARER_TOKEN_FILE`, mutual TLS,
     /// OAuth2); empty unless one of their variables is set.
     pub auth: crate::endpoint_auth::AuthSettings,
+    /// `HTTP_FORMAT=cloudevents`: calls as CloudEvents (binary content mode); `None` = the
+    /// original's plain POST.
+    pub cloudevents: Option<crate::cloudevents::CloudEventsSettings>,
 }
 
 impl std::fmt::Debug for HttpSettings {
@@ -122,6 +125,7 @@ impl std::fmt::Debug for HttpSettings {
             .field("insecure_skip_verify", &self.insecure_skip_verify)
             .field("proxy", &self.proxy)
             .field("auth", &self.auth)
+            .field("cloudevents", &self.cloudevents)
             .finish()
     }
 }
@@ -317,6 +321,11 @@ impl Settings {
             insecure_skip_verify: vars.bool("HTTP_TLS_INSECURE_SKIP_VERIFY", false)?,
             proxy: crate::proxy::ProxyRules::from_env(env, &common.endpoint_uri, &mut warnings)?,
             auth: crate::endpoint_auth::AuthSettings::from_vars(&vars)?,
+            cloudevents: crate::cloudevents::CloudEventsSettings::from_vars(
+                &vars,
+                &common.source_name,
+                &common.topic,
+            )?,
         };
         if http.insecure_skip_verify {
             if !http.ca_certs.is_empty() {
