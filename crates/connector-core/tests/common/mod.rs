@@ -20,21 +20,34 @@ pub struct PrivateCa {
     pub server: rustls::ServerConfig,
 }
 
-/// Issues a server certificate for `names` from a new private CA.
-pub fn private_ca(names: &[&str]) -> PrivateCa {
+/// A new self-signed CA named `name`.
+fn new_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "test private CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-        .unwrap();
+        .push(rcgen::DnType::CommonName, name);
+    rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A server certificate for `names` issued by `ca`, with its key.
+fn server_cert(
+    names: &[&str],
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+) -> (rcgen::Certificate, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert =
         rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
             .unwrap()
-            .signed_by(&key, &ca)
+            .signed_by(&key, ca)
             .unwrap();
+    (cert, key)
+}
+
+/// Issues a server certificate for `names` from a new private CA.
+pub fn private_ca(names: &[&str]) -> PrivateCa {
+    let ca = new_ca("test private CA");
+    let (cert, key) = server_cert(names, &ca);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).unwrap();
     let server = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -143,19 +156,8 @@ pub struct ClientIdentity {
 /// A fresh private CA, a server configuration for `names` that *requires* a client certificate
 /// from that CA, and one client identity per entry of `clients` (used as the common name).
 pub fn mutual_ca(names: &[&str], clients: &[&str]) -> (PrivateCa, Vec<ClientIdentity>) {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test mutual-TLS CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-        .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert =
-        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
+    let ca = new_ca("test mutual-TLS CA");
+    let (cert, key) = server_cert(names, &ca);
     let identities = clients
         .iter()
         .map(|cn| {
