@@ -256,14 +256,17 @@ pub(crate) fn spawn_signal_handler(
     on_first: impl FnOnce() + Send + 'static,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
+    // Installed here, before this returns, not in the task: a task spawned on a busy runtime
+    // may first run after a SIGTERM that, without a handler, would kill the process outright
+    // (seen in CI: a connector stopped right after it connected exited by the signal).
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         on_first();
         shutdown.cancel();
