@@ -111,13 +111,12 @@ impl CloudEventsSettings {
             Some(id) => id.to_owned(),
             // Unique rather than derived from the payload: two equal payloads on a list are
             // two events.
-            None => format!("{:032x}", rand::random::<u128>()),
+            None => unique_id(),
         };
         let time = message
             .published_at
             .unwrap_or_else(std::time::SystemTime::now);
-        let time = chrono::DateTime::<chrono::Utc>::from(time)
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let time = rfc3339_micros(time);
         h.set("ce-specversion", SPEC_VERSION);
         h.set("ce-id", &id);
         h.set("ce-source", &self.source);
@@ -133,6 +132,39 @@ impl CloudEventsSettings {
             h.set("ce-subject", key);
         }
     }
+}
+
+/// 128 bits in hex, different for every call in this process and across processes: the
+/// standard library's randomly keyed hasher over a counter (no random-number crate for this;
+/// the images have a size budget, docs/deployment.md).
+fn unique_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let keyed = RandomState::new();
+    format!("{:016x}{:016x}", keyed.hash_one(n), keyed.hash_one(!n))
+}
+
+/// RFC 3339 in UTC with microseconds (`2023-11-14T22:13:20.000000Z`), the form of `ce-time`.
+/// The calendar date from the day count is H. Hinnant's `civil_from_days`.
+fn rfc3339_micros(t: std::time::SystemTime) -> String {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (hour, minute, second) = (secs % 86_400 / 3_600, secs % 3_600 / 60, secs % 60);
+    let z = i64::try_from(secs / 86_400).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{:06}Z",
+        since.subsec_micros()
+    )
 }
 
 /// The CloudEvents attribute a message header carries under a binding's prefix, lower-cased.
@@ -170,6 +202,22 @@ fn is_structured(h: &HeaderSet, payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_rfc_3339_and_ids_unique() {
+        let at = |s: u64, us: u64| {
+            rfc3339_micros(
+                std::time::UNIX_EPOCH + std::time::Duration::from_micros(s * 1_000_000 + us),
+            )
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(at(1_700_000_000, 0), "2023-11-14T22:13:20.000000Z");
+        assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
+        let (a, b) = (unique_id(), unique_id());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn binding_prefixes_name_attributes() {

@@ -165,10 +165,10 @@ fn oauth2_settings(vars: &Vars<'_>) -> Result<Option<OAuth2Settings>, ConfigErro
         }
         return Ok(None);
     };
-    // Checked the way each token request will read it (the `url` crate, through `oauth2`).
-    let parsed = oauth2::TokenUrl::new(token_url.clone()).ok();
+    // Checked the way each token request will read it.
+    let parsed: Option<http::Uri> = token_url.parse().ok();
     if !parsed
-        .is_some_and(|u| matches!(u.url().scheme(), "http" | "https") && u.url().host().is_some())
+        .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
     {
         // Not echoed: a URL can carry credentials.
         return Err(ConfigError::invalid_secret(

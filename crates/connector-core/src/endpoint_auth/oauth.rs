@@ -1,16 +1,19 @@
 //! `HTTP_OAUTH2_*`: an access token from an OAuth2 token endpoint (the client-credentials
 //! grant, RFC 6749 §4.4), cached until shortly before it expires and fetched again once when
-//! the endpoint answers 401. The exchange itself is the `oauth2` crate's; this module only
-//! caches, and carries the requests over the connector's own HTTP client (so `HTTP_CA_FILE`
-//! and the proxy variables apply to the token endpoint too).
+//! the endpoint answers 401, over the connector's own HTTP client (so `HTTP_CA_FILE` and the
+//! proxy variables apply to the token endpoint too).
+//!
+//! The exchange is one form POST and one JSON answer, written here rather than taken from the
+//! `oauth2` crate: that crate brings `url` (with its Unicode tables), `chrono` and `rand`, which
+//! put the Kafka and Pub/Sub images over their 10 MB budget (docs/deployment.md), for a grant
+//! this small.
 
+use base64::Engine as _;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderValue, Method, Request, header};
 use http_body_util::{BodyExt, Full};
-use oauth2::{ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
-use std::future::Future;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 /// What `HTTP_OAUTH2_*` say. `Debug` leaves the token URL out (it may carry credentials).
@@ -163,36 +166,85 @@ impl OAuth2Client {
         let s = &self.settings;
         let secret = std::fs::read_to_string(&s.client_secret_file)
             .map_err(|e| format!("HTTP_OAUTH2_CLIENT_SECRET_FILE: cannot read it: {e}"))?;
-        let token_url = TokenUrl::new(s.token_url.clone())
+        // RFC 6749 §2.3.1: the client authenticates with HTTP Basic, id and secret each
+        // form-encoded first.
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            form_encode(&s.client_id),
+            form_encode(secret.trim())
+        ));
+        let mut authorization = HeaderValue::try_from(format!("Basic {basic}"))
+            .map_err(|_| "HTTP_OAUTH2_CLIENT_SECRET_FILE: not usable in a header".to_owned())?;
+        authorization.set_sensitive(true);
+        let mut body = "grant_type=client_credentials".to_owned();
+        if !s.scopes.is_empty() {
+            body.push_str("&scope=");
+            body.push_str(&form_encode(&s.scopes.join(" ")));
+        }
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(&s.token_url)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .header(header::AUTHORIZATION, authorization)
+            .body(Full::new(Bytes::from(body)))
             .map_err(|_| "HTTP_OAUTH2_TOKEN_URL: not a URL".to_owned())?;
-        let client = oauth2::basic::BasicClient::new(ClientId::new(s.client_id.clone()))
-            .set_client_secret(ClientSecret::new(secret.trim().to_owned()))
-            .set_token_uri(token_url);
-        let http = TokenHttp(self.http.clone());
         let started = Instant::now();
-        let response = client
-            .exchange_client_credentials()
-            .add_scopes(s.scopes.iter().cloned().map(Scope::new))
-            .request_async(&http)
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| crate::invoker::error_chain(&e))?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| crate::invoker::error_chain(&e))?
+                .to_bytes();
+            Ok::<_, String>((parts.status, body))
+        };
+        let (status, body) = tokio::time::timeout(TOKEN_REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|e| {
-                format!(
-                    "OAuth2 token request to HTTP_OAUTH2_TOKEN_URL failed: {}",
-                    describe(&e)
-                )
-            })?;
-        let mut header =
-            HeaderValue::try_from(format!("Bearer {}", response.access_token().secret())).map_err(
-                |_| {
-                    "OAuth2 token endpoint: the access token is not a valid header value".to_owned()
-                },
-            )?;
+            .map_err(|_| format!("no answer within {TOKEN_REQUEST_TIMEOUT:?}"))
+            .and_then(|r| r)
+            .map_err(|e| format!("OAuth2 token request to HTTP_OAUTH2_TOKEN_URL failed: {e}"))?;
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let text = |k: &str| answer.get(k).and_then(serde_json::Value::as_str);
+        if !status.is_success() {
+            // RFC 6749 §5.2: `error` and `error_description` say why (they are not secrets;
+            // any other body is not shown).
+            let why = match (text("error"), text("error_description")) {
+                (Some(e), Some(d)) => format!("{e} ({d})"),
+                (Some(e), None) => e.to_owned(),
+                _ => format!("status {}", status.as_u16()),
+            };
+            return Err(format!(
+                "OAuth2 token request to HTTP_OAUTH2_TOKEN_URL failed: {why}"
+            ));
+        }
+        let (Some(token), Some(kind)) = (text("access_token"), text("token_type")) else {
+            return Err(
+                "OAuth2 token endpoint: the answer has no access_token and token_type".into(),
+            );
+        };
+        if !kind.eq_ignore_ascii_case("bearer") {
+            return Err(format!(
+                "OAuth2 token endpoint: token type {kind:?}, not Bearer"
+            ));
+        }
+        let mut header = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            "OAuth2 token endpoint: the access token is not a valid header value".to_owned()
+        })?;
         header.set_sensitive(true);
-        let refresh_at = response.expires_in().map(|lifetime| {
-            started + lifetime.saturating_sub((lifetime / 10).min(EARLY_REFRESH_MAX))
-        });
-        let expires_at = response.expires_in().map(|lifetime| started + lifetime);
-        tracing::debug!(expires_in = ?response.expires_in(), "OAuth2 access token fetched");
+        let lifetime = answer
+            .get("expires_in")
+            .and_then(serde_json::Value::as_u64)
+            .map(Duration::from_secs);
+        let refresh_at =
+            lifetime.map(|l| started + l.saturating_sub((l / 10).min(EARLY_REFRESH_MAX)));
+        let expires_at = lifetime.map(|l| started + l);
+        tracing::debug!(expires_in = ?lifetime, "OAuth2 access token fetched");
         Ok(Cached {
             header,
             refresh_at,
@@ -201,60 +253,26 @@ impl OAuth2Client {
     }
 }
 
-/// A failed token request's cause, in one line. The server's error code and description are
-/// shown (they are not secrets); a body that is not an OAuth2 answer is not.
-fn describe<RE: std::error::Error>(
-    e: &oauth2::RequestTokenError<RE, oauth2::basic::BasicErrorResponse>,
-) -> String {
-    match e {
-        oauth2::RequestTokenError::ServerResponse(r) => match r.error_description() {
-            Some(d) => format!("{} ({d})", r.error()),
-            None => r.error().to_string(),
-        },
-        oauth2::RequestTokenError::Request(e) => e.to_string(),
-        oauth2::RequestTokenError::Parse(e, _) => {
-            format!("the answer is not a token response ({e})")
-        }
-        oauth2::RequestTokenError::Other(e) => e.clone(),
-    }
+/// `application/x-www-form-urlencoded` (RFC 6749 appendix B): unreserved characters as they
+/// are, a space as `+`, everything else percent-encoded.
+fn form_encode(s: &str) -> String {
+    const FORM: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b' ');
+    utf8_percent_encode(s, FORM).to_string().replace(' ', "+")
 }
 
-/// The token requests' transport: the connector's client, one request at a time.
-struct TokenHttp(HttpClient);
-
-impl<'c> oauth2::AsyncHttpClient<'c> for TokenHttp {
-    type Error = TokenHttpError;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, TokenHttpError>> + Send + 'c>>;
-
-    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
-        Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            let request = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
-            let exchange = async {
-                let response = self
-                    .0
-                    .request(request)
-                    .await
-                    .map_err(|e| TokenHttpError(crate::invoker::error_chain(&e)))?;
-                let (parts, body) = response.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map_err(|e| TokenHttpError(crate::invoker::error_chain(&e)))?
-                    .to_bytes();
-                Ok(http::Response::from_parts(parts, body.to_vec()))
-            };
-            tokio::time::timeout(TOKEN_REQUEST_TIMEOUT, exchange)
-                .await
-                .map_err(|_| {
-                    TokenHttpError(format!("no answer within {TOKEN_REQUEST_TIMEOUT:?}"))
-                })?
-        })
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn form_encoding_is_rfc_6749s() {
+        assert_eq!(
+            super::form_encode("orders.write orders.read"),
+            "orders.write+orders.read"
+        );
+        assert_eq!(super::form_encode("a+b:c/d~e"), "a%2Bb%3Ac%2Fd~e");
     }
 }
-
-/// The token request's transport failure.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct TokenHttpError(String);
