@@ -12,7 +12,6 @@ use connector_core::invoker::{Invoker, Outcome};
 use connector_core::telemetry::Metrics;
 use connector_core::testkit::{Reply, Sink, unique};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -343,43 +342,19 @@ struct MutualTls {
 }
 
 async fn mutual_tls_server(server: rustls::ServerConfig) -> MutualTls {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "https://localhost:{}/fn",
-        listener.local_addr().unwrap().port()
-    );
     let presented: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let seen = presented.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, seen) = (acceptor.clone(), seen.clone());
-            tokio::spawn(async move {
-                // Without an acceptable client certificate the handshake ends here.
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let cert = tls.get_ref().1.peer_certificates().map(|c| c[0].to_vec());
-                seen.lock().unwrap().push(cert.unwrap_or_default());
-                let service = hyper::service::service_fn(|_req| async {
-                    let mut response =
-                        hyper::Response::new(Full::new(Bytes::from_static(b"mtls ok")));
-                    response
-                        .headers_mut()
-                        .insert("connection", http::HeaderValue::from_static("close"));
-                    Ok::<_, std::convert::Infallible>(response)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
+    let port = common::serve_https(server, move |cert| {
+        seen.lock().unwrap().push(cert.unwrap_or_default().to_vec());
+        let mut response = hyper::Response::new(Full::new(Bytes::from_static(b"mtls ok")));
+        response
+            .headers_mut()
+            .insert("connection", http::HeaderValue::from_static("close"));
+        response
+    })
+    .await;
     MutualTls {
-        url,
+        url: format!("https://localhost:{port}/fn"),
         ca_file: PathBuf::new(),
         presented,
     }

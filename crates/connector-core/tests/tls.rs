@@ -16,7 +16,6 @@ use connector_core::invoker::{Invoker, Outcome};
 use connector_core::telemetry::Metrics;
 use connector_core::testkit::{ForwardProxy, ProxiedRequest, Reply, Sink, unique};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,41 +37,14 @@ async fn start_for(names: &[&str]) -> PrivateTls {
     let ca = common::private_ca(names);
     let ca_file = std::env::temp_dir().join(format!("{}-ca.pem", unique("tls")));
     std::fs::write(&ca_file, &ca.pem).unwrap();
-    let server = ca.server;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let url = format!(
-        "https://{}/fission-function/secure",
-        listener.local_addr().unwrap()
-    );
     let requests = Arc::new(AtomicUsize::new(0));
     let seen = requests.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, seen) = (acceptor.clone(), seen.clone());
-            tokio::spawn(async move {
-                // A client that rejects the certificate ends the handshake here.
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(move |_req| {
-                    seen.fetch_add(1, Ordering::SeqCst);
-                    async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from_static(b"secure ok"),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
+    let port = common::serve_https(ca.server, move |_| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        hyper::Response::new(Full::new(Bytes::from_static(b"secure ok")))
+    })
+    .await;
+    let url = format!("https://127.0.0.1:{port}/fission-function/secure");
     PrivateTls {
         url,
         port,

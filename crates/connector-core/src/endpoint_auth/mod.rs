@@ -132,11 +132,16 @@ impl AuthSettings {
 
     /// Whether none of the variables is set (the original's behaviour).
     pub fn is_empty(&self) -> bool {
-        self.headers.is_empty()
-            && self.headers_file.is_none()
-            && self.bearer.is_none()
-            && self.client_cert.is_none()
-            && self.oauth2.is_none()
+        !self.sends_headers() && self.client_cert.is_none()
+    }
+
+    /// Whether calls carry configured headers (everything but the client certificate, which
+    /// goes in the TLS handshake).
+    fn sends_headers(&self) -> bool {
+        !self.headers.is_empty()
+            || self.headers_file.is_some()
+            || self.bearer.is_some()
+            || self.oauth2.is_some()
     }
 
     /// The client certificate for TLS handshakes with the endpoint, if one is configured; its
@@ -284,11 +289,7 @@ pub(crate) struct Credentials {
 impl EndpointAuth {
     /// `None` when nothing is configured; otherwise starts re-reading the files.
     pub(crate) fn new(settings: &AuthSettings, http: oauth::HttpClient) -> Option<Self> {
-        if settings.headers.is_empty()
-            && settings.headers_file.is_none()
-            && settings.bearer.is_none()
-            && settings.oauth2.is_none()
-        {
+        if !settings.sends_headers() {
             return None;
         }
         if let Some(w) = &settings.headers_file {

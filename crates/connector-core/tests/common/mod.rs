@@ -46,26 +46,103 @@ fn server_cert(
 
 /// Issues a server certificate for `names` from a new private CA.
 pub fn private_ca(names: &[&str]) -> PrivateCa {
-    let ca = new_ca("test private CA");
+    issue("test private CA", names, None).0
+}
+
+/// A new CA named `name`, a server configuration presenting a certificate it issued for
+/// `names`, and with `clients`, a client identity per common name, the server then requiring
+/// a client certificate from that CA.
+fn issue(name: &str, names: &[&str], clients: Option<&[&str]>) -> (PrivateCa, Vec<ClientIdentity>) {
+    let ca = new_ca(name);
     let (cert, key) = server_cert(names, &ca);
+    let identities = clients
+        .unwrap_or_default()
+        .iter()
+        .map(|cn| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, *cn);
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = params.signed_by(&key, &ca).unwrap();
+            ClientIdentity {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                der: cert.der().to_vec(),
+            }
+        })
+        .collect();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(_) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots.clone()),
+                provider,
+            )
+            .build()
+            .unwrap(),
+        ),
+    };
+    let server = builder
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    (
+        PrivateCa {
+            pem: ca.pem(),
+            roots,
+            server,
+        },
+        identities,
     )
-    .unwrap();
-    PrivateCa {
-        pem: ca.pem(),
-        roots,
-        server,
-    }
+}
+
+/// Serves HTTPS on 127.0.0.1 with `server`: each request is answered by `respond`, given the
+/// client certificate of its connection (DER) if one was presented. A client that refuses the
+/// server's certificate, or is refused, ends its connection in the handshake. Returns the port.
+pub async fn serve_https<F>(server: rustls::ServerConfig, respond: F) -> u16
+where
+    F: Fn(Option<&[u8]>) -> hyper::Response<http_body_util::Full<Bytes>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, respond) = (acceptor.clone(), respond.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let cert: Option<Vec<u8>> =
+                    tls.get_ref().1.peer_certificates().map(|c| c[0].to_vec());
+                let service = hyper::service::service_fn(move |_req| {
+                    let response = respond(cert.as_deref());
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    port
 }
 
 /// The dispatcher tests' longest wait.
@@ -156,49 +233,5 @@ pub struct ClientIdentity {
 /// A fresh private CA, a server configuration for `names` that *requires* a client certificate
 /// from that CA, and one client identity per entry of `clients` (used as the common name).
 pub fn mutual_ca(names: &[&str], clients: &[&str]) -> (PrivateCa, Vec<ClientIdentity>) {
-    let ca = new_ca("test mutual-TLS CA");
-    let (cert, key) = server_cert(names, &ca);
-    let identities = clients
-        .iter()
-        .map(|cn| {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, *cn);
-            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-            let cert = params.signed_by(&key, &ca).unwrap();
-            ClientIdentity {
-                cert_pem: cert.pem(),
-                key_pem: key.serialize_pem(),
-                der: cert.der().to_vec(),
-            }
-        })
-        .collect();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots.clone()),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    (
-        PrivateCa {
-            pem: ca.pem(),
-            roots,
-            server,
-        },
-        identities,
-    )
+    issue("test mutual-TLS CA", names, Some(clients))
 }
