@@ -289,6 +289,20 @@ pub(crate) const NEEDS: &[Need] = &[
         hint: "apt-get install runc",
     },
     Need {
+        name: "prometheus (examples/monitoring tests)",
+        needed_for: For::Test,
+        probe: Probe::Program("prometheus"),
+        get: Get::Apt(&["prometheus"]),
+        hint: "apt-get install prometheus",
+    },
+    Need {
+        name: "promtool (examples/monitoring tests)",
+        needed_for: For::Test,
+        probe: Probe::Program("promtool"),
+        get: Get::Apt(&["prometheus"]),
+        hint: "apt-get install prometheus (promtool comes with it)",
+    },
+    Need {
         name: "redis-cli (.ci/image-smoke)",
         needed_for: For::Images,
         probe: Probe::Program("redis-cli"),

@@ -187,6 +187,15 @@ pub async fn run<C: Connector>(connector: C, settings: Settings) -> ExitCode {
         options,
         &format!("{}/{}", C::NAME, C::VERSION),
     );
+    engine
+        .metrics()
+        .build_info
+        .get_or_create(&vec![
+            ("connector", C::NAME),
+            ("version", C::VERSION),
+            ("revision", REVISION),
+        ])
+        .set(1);
     let drain_timeout = engine.settings().dispatch.drain_timeout;
     spawn_signal_handler(engine.shutdown().clone(), move || {
         tracing::info!(

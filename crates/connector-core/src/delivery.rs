@@ -48,12 +48,15 @@ pub enum Diversion {
 }
 
 impl Diversion {
+    /// Every [`Diversion::code`], so the metrics can export each reason from the start.
+    pub const CODES: [&'static str; 3] = ["max-deliveries", "max-message-age", "response-rejected"];
+
     /// The documented `Reason` value.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::MaxDeliveries { .. } => "max-deliveries",
-            Self::MaxMessageAge { .. } => "max-message-age",
-            Self::ResponseRejected(_) => "response-rejected",
+            Self::MaxDeliveries { .. } => Self::CODES[0],
+            Self::MaxMessageAge { .. } => Self::CODES[1],
+            Self::ResponseRejected(_) => Self::CODES[2],
         }
     }
 

@@ -74,6 +74,7 @@ impl Engine {
         )
         .with_delivery(&settings.delivery);
         let defaults = HeaderSet::connector_defaults(family, &settings.common);
+        let health = Arc::new(Health::reporting_to(&metrics));
         Self {
             inner: Arc::new(Inner {
                 settings,
@@ -81,7 +82,7 @@ impl Engine {
                 invoker,
                 defaults,
                 metrics,
-                health: Arc::new(Health::default()),
+                health,
                 shutdown: CancellationToken::new(),
                 counts: crate::delivery::DeliveryCounts::default(),
             }),

@@ -8,6 +8,8 @@ use prometheus_client::metrics::{
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+mod process;
+
 /// Installs the process-wide JSON logger on stderr (one object per line, like the original's
 /// zap logger). Broker client libraries are capped at `warn` unless the level is `trace`.
 pub fn init_logging(level: LogLevel) {
@@ -48,10 +50,16 @@ pub fn init_logging(level: LogLevel) {
 /// Label set of a family metric.
 pub type Labels = Vec<(&'static str, &'static str)>;
 
-/// Every metric a connector exports, all under the `keda_connector_` prefix.
+/// Every metric a connector exports: its own under the `keda_connector_` prefix, and the
+/// standard `process_*` series (CPU, memory, file descriptors, start time).
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// 1 with labels `connector`, `version` and `revision` (set by the binary at start).
+    pub build_info: Family<Labels, Gauge>,
+    /// 1 while the source is connected to its broker and consuming (what `/readyz` reports),
+    /// else 0; follows [`Health::set_ready`].
+    pub broker_connected: Gauge,
     /// Messages taken from the broker.
     pub received: Counter,
     /// Messages whose final HTTP attempt returned 2xx.
@@ -91,7 +99,9 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("keda_connector");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("keda_connector");
         let received = Counter::default();
         let succeeded = Counter::default();
         let failed = Counter::default();
@@ -175,8 +185,30 @@ impl Metrics {
             "Times the circuit breaker opened",
             circuit_opened.clone(),
         );
+        // Series that only move when something goes wrong exist from the start at 0, so a
+        // `rate()` over them (examples/monitoring/alerts.yml) sees the first failure.
+        for destination in ["response", "error"] {
+            let _ = publish_failures.get_or_create(&vec![("destination", destination)]);
+        }
+        for reason in crate::delivery::Diversion::CODES {
+            let _ = diverted.get_or_create(&vec![("reason", reason)]);
+        }
+        let build_info = Family::<Labels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "The connector's name, version and git revision (value 1)",
+            build_info.clone(),
+        );
+        let broker_connected = Gauge::default();
+        registry.register(
+            "broker_connected",
+            "1 while the source is connected to its broker and consuming (as /readyz), else 0",
+            broker_connected.clone(),
+        );
         Self {
-            registry,
+            registry: root,
+            build_info,
+            broker_connected,
             mode,
             diverted,
             unwritable,
@@ -208,9 +240,18 @@ pub struct Health {
     alive: AtomicBool,
     ready: AtomicBool,
     notes: std::sync::Mutex<Vec<String>>,
+    /// `keda_connector_broker_connected`, when the health belongs to an engine's metrics.
+    connected: Option<Gauge>,
 }
 
 impl Health {
+    /// Health whose readiness is also exported as [`Metrics::broker_connected`].
+    pub fn reporting_to(metrics: &Metrics) -> Self {
+        Self {
+            connected: Some(metrics.broker_connected.clone()),
+            ..Self::default()
+        }
+    }
     /// Marks the connector as running (or stopped).
     pub fn set_alive(&self, alive: bool) {
         self.alive.store(alive, Ordering::Relaxed);
@@ -218,6 +259,9 @@ impl Health {
     /// Marks the source as connected and consuming (or not); each change is logged (`ready` /
     /// `not ready`), so an operator (or a test) sees when consumption starts and stops.
     pub fn set_ready(&self, ready: bool) {
+        if let Some(gauge) = &self.connected {
+            gauge.set(i64::from(ready));
+        }
         if self.ready.swap(ready, Ordering::Relaxed) != ready {
             if ready {
                 tracing::info!(ready, "ready");
