@@ -51,6 +51,7 @@ pub struct KinesisConnector {
 
 impl Connector for KinesisConnector {
     const NAME: &'static str = env!("CARGO_PKG_NAME");
+    const MESSAGING_SYSTEM: &'static str = "aws_kinesis";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError> {

@@ -50,6 +50,7 @@ pub struct SqsConnector {
 
 impl Connector for SqsConnector {
     const NAME: &'static str = env!("CARGO_PKG_NAME");
+    const MESSAGING_SYSTEM: &'static str = "aws_sqs";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError> {
@@ -596,6 +597,13 @@ impl Publisher<SqsMeta> for SqsPublisher {
         let mut attributes = HashMap::new();
         if let Some(enc) = encoding {
             attributes.insert("Body-Encoding".to_owned(), string_attribute(enc));
+        }
+        // Only when tracing is on; before the response's headers, which yield to it when all
+        // ten attributes would be taken.
+        for (name, value) in record.trace_context {
+            if let Ok(value) = value.to_str() {
+                attributes.insert(name.as_str().to_owned(), string_attribute(value));
+            }
         }
         if record.destination == Destination::Response {
             for (name, value) in

@@ -7,6 +7,7 @@ use crate::config::{ConfigError, Env, ProcessEnv, Settings};
 use crate::dispatch::BoxError;
 use crate::engine::{DispatchOptions, Engine};
 use crate::headers::HeaderFamily;
+use crate::telemetry::traces::Traces;
 use std::future::Future;
 use std::process::ExitCode;
 
@@ -28,6 +29,9 @@ pub trait Connector: Sized + Send + 'static {
     const VERSION: &'static str;
     /// Which request header names to send.
     const HEADERS: HeaderFamily = HeaderFamily::Keda;
+    /// `messaging.system` on the connector's spans (OpenTelemetry's name for the broker, e.g.
+    /// `kafka`, `rabbitmq`, `aws_sqs`, `gcp_pubsub`).
+    const MESSAGING_SYSTEM: &'static str = Self::NAME;
 
     /// Reads the broker-specific variables (the common ones are already in `settings`).
     fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError>;
@@ -196,6 +200,24 @@ pub async fn run<C: Connector>(connector: C, settings: Settings) -> ExitCode {
             ("revision", REVISION),
         ])
         .set(1);
+    let traces = match Traces::start(
+        &engine.settings().traces,
+        C::NAME,
+        C::VERSION,
+        C::MESSAGING_SYSTEM,
+        &engine.settings().common.endpoint_uri,
+    ) {
+        Ok(traces) => traces,
+        // Tracing is never a reason not to run (see TraceSettings::from_vars).
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot set up the OTLP span exporter; spans are not exported");
+            Traces::off()
+        }
+    };
+    if traces.is_on() {
+        tracing::info!("exporting spans over OTLP");
+    }
+    engine.set_traces(traces.clone());
     let drain_timeout = engine.settings().dispatch.drain_timeout;
     spawn_signal_handler(engine.shutdown().clone(), move || {
         tracing::info!(
@@ -246,6 +268,13 @@ pub async fn run<C: Connector>(connector: C, settings: Settings) -> ExitCode {
     let result = connector.run(engine.clone()).await;
     engine.health().set_alive(false);
     engine.shutdown().cancel();
+    if traces.is_on() {
+        // Blocking: the exporter's thread sends the last batch through the runtime's tasks.
+        let _ = tokio::task::spawn_blocking(move || {
+            traces.shutdown(std::time::Duration::from_secs(5));
+        })
+        .await;
+    }
     match result {
         Ok(()) => {
             tracing::info!("stopped");

@@ -20,6 +20,7 @@ use crate::engine::Engine;
 use crate::error_doc::{ErrorDocument, Extras, Reason};
 use crate::headers::HeaderSet;
 use crate::invoker::{Failure, Outcome};
+use crate::telemetry::traces::{MessageTrace, end_publish};
 use bytes::Bytes;
 use http::HeaderMap;
 use std::collections::{HashMap, VecDeque};
@@ -129,6 +130,9 @@ pub struct Outbound<'a, M> {
     pub message: &'a Message,
     /// The source message's broker metadata.
     pub meta: &'a M,
+    /// The W3C Trace Context of the write (`traceparent`, `tracestate`) when tracing is on,
+    /// for brokers whose records have headers or attributes; empty otherwise.
+    pub trace_context: &'a HeaderMap,
 }
 
 /// Writes responses and error documents.
@@ -332,6 +336,26 @@ impl Engine {
     /// Calls the function for one delivery (unless a delivery rule diverts it): what is to be
     /// written about it.
     async fn invoke<M, A>(&self, delivery: Delivery<M, A>) -> Invoked<M, A> {
+        use tracing::Instrument as _;
+        match self
+            .traces()
+            .message(&self.settings().common.topic, &delivery.message)
+        {
+            None => self.invoke_traced(delivery, None).await,
+            Some(trace) => {
+                let span = trace.log_span();
+                self.invoke_traced(delivery, Some(trace))
+                    .instrument(span)
+                    .await
+            }
+        }
+    }
+
+    async fn invoke_traced<M, A>(
+        &self,
+        delivery: Delivery<M, A>,
+        trace: Option<MessageTrace>,
+    ) -> Invoked<M, A> {
         let Delivery { message, meta, ack } = delivery;
         let common = &self.settings().common;
         let rules = &self.settings().delivery;
@@ -415,7 +439,7 @@ impl Engine {
         } else {
             match self
                 .invoker()
-                .invoke(&message.payload, request_headers)
+                .invoke_traced(&message.payload, request_headers, trace.as_ref())
                 .await
             {
                 Outcome::Success(response) => {
@@ -446,6 +470,7 @@ impl Engine {
             headers,
             id,
             outcome,
+            trace,
         }
     }
 
@@ -501,6 +526,22 @@ impl Engine {
         A: Acknowledger,
         P: Publisher<M>,
     {
+        use tracing::Instrument as _;
+        match invoked.trace.as_ref().map(MessageTrace::log_span) {
+            None => self.settle_traced(publisher, invoked).await,
+            Some(span) => {
+                self.settle_traced(publisher, invoked)
+                    .instrument(span)
+                    .await
+            }
+        }
+    }
+
+    async fn settle_traced<M, A, P>(&self, publisher: &P, invoked: Invoked<M, A>)
+    where
+        A: Acknowledger,
+        P: Publisher<M>,
+    {
         let Invoked {
             message,
             meta,
@@ -508,6 +549,7 @@ impl Engine {
             headers,
             id,
             outcome,
+            trace,
         } = invoked;
         let request_headers = headers.as_ref().unwrap_or(self.default_headers());
         let (mut destination, mut body, mut headers, status) = match outcome {
@@ -530,6 +572,7 @@ impl Engine {
                     request_headers,
                     &message,
                     &meta,
+                    trace.as_ref(),
                 )
                 .await;
             match result {
@@ -593,6 +636,13 @@ impl Engine {
             }
         };
         let (action, result) = settled;
+        if let Some(trace) = trace {
+            trace.end(match (action, &result, destination) {
+                ("ack", Ok(()), Destination::Response) => None,
+                ("ack", Ok(()), Destination::Error) => Some("ended in an error document"),
+                _ => Some("not settled: the broker delivers it again"),
+            });
+        }
         let result_label = if result.is_ok() { "ok" } else { "error" };
         self.metrics()
             .settled
@@ -615,6 +665,7 @@ impl Engine {
         request_headers: &HeaderSet,
         message: &Message,
         meta: &M,
+        trace: Option<&MessageTrace>,
     ) -> Result<(), (Destination, BoxError)> {
         let common = &self.settings().common;
         let topic = match destination {
@@ -622,18 +673,28 @@ impl Engine {
             Destination::Error => common.error_topic.as_deref(),
         };
         match topic {
-            Some(topic) => publisher
-                .publish(Outbound {
-                    destination,
-                    topic,
-                    body,
-                    headers: &headers,
-                    request_headers,
-                    message,
-                    meta,
-                })
-                .await
-                .map_err(|e| (destination, e)),
+            Some(topic) => {
+                let mut trace_context = HeaderMap::new();
+                let span = trace.map(|t| {
+                    t.publish(topic, destination == Destination::Error, &mut trace_context)
+                });
+                let result = publisher
+                    .publish(Outbound {
+                        destination,
+                        topic,
+                        body,
+                        headers: &headers,
+                        request_headers,
+                        message,
+                        meta,
+                        trace_context: &trace_context,
+                    })
+                    .await;
+                if let Some(span) = span {
+                    end_publish(span, result.is_err());
+                }
+                result.map_err(|e| (destination, e))
+            }
             None if destination == Destination::Error => {
                 tracing::warn!("ERROR_TOPIC is not set; the error document is discarded");
                 tracing::debug!(
@@ -657,6 +718,8 @@ struct Invoked<M, A> {
     /// The message's id, when a delivery rule needed it.
     id: Option<String>,
     outcome: Written,
+    /// Its spans, when tracing is on.
+    trace: Option<MessageTrace>,
 }
 
 /// What the call produced.

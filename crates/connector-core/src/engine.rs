@@ -6,6 +6,7 @@ use crate::config::Settings;
 use crate::dispatch::BoxError;
 use crate::headers::{HeaderFamily, HeaderSet};
 use crate::invoker::Invoker;
+use crate::telemetry::traces::Traces;
 use crate::telemetry::{Health, Metrics};
 use std::future::Future;
 use std::sync::Arc;
@@ -55,6 +56,7 @@ struct Inner {
     health: Arc<Health>,
     shutdown: CancellationToken,
     counts: crate::delivery::DeliveryCounts,
+    traces: std::sync::OnceLock<Traces>,
 }
 
 impl Engine {
@@ -85,8 +87,21 @@ impl Engine {
                 health,
                 shutdown: CancellationToken::new(),
                 counts: crate::delivery::DeliveryCounts::default(),
+                traces: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Exports each message's spans through `traces` from now on (set once, before
+    /// dispatching; a second call is ignored).
+    pub fn set_traces(&self, traces: Traces) {
+        let _ = self.inner.traces.set(traces);
+    }
+
+    /// The tracer ([`Traces::off`] until [`Engine::set_traces`]).
+    pub fn traces(&self) -> &Traces {
+        static OFF: Traces = Traces::off();
+        self.inner.traces.get().unwrap_or(&OFF)
     }
 
     /// The parsed settings.

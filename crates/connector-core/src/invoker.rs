@@ -9,6 +9,7 @@ use crate::headers::HeaderSet;
 use crate::proxy::{ProxyConnector, ProxyKind};
 use crate::signing::{RequestSigner, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::telemetry::Metrics;
+use crate::telemetry::traces::MessageTrace;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
@@ -152,6 +153,17 @@ impl Invoker {
     /// POSTs `payload` with `headers` until a 2xx or the attempts run out. Never panics; never
     /// logs the payload.
     pub async fn invoke(&self, payload: &Bytes, headers: &HeaderSet) -> Outcome {
+        self.invoke_traced(payload, headers, None).await
+    }
+
+    /// [`Invoker::invoke`], with a span per attempt under `trace` whose context the request
+    /// carries as `traceparent`.
+    pub(crate) async fn invoke_traced(
+        &self,
+        payload: &Bytes,
+        headers: &HeaderSet,
+        trace: Option<&MessageTrace>,
+    ) -> Outcome {
         let wire_headers = headers.to_header_map();
         let mut delays = ExponentialBuilder::new()
             .with_min_delay(self.settings.backoff_base)
@@ -173,9 +185,15 @@ impl Invoker {
             }
             calls = calls.saturating_add(1);
             let numbered;
-            let headers_now = if self.attempt_header {
+            let mut span = None;
+            let headers_now = if self.attempt_header || trace.is_some() {
                 let mut h = wire_headers.clone();
-                h.insert(crate::delivery::ATTEMPT_HEADER, HeaderValue::from(calls));
+                if self.attempt_header {
+                    h.insert(crate::delivery::ATTEMPT_HEADER, HeaderValue::from(calls));
+                }
+                if let Some(trace) = trace {
+                    span = Some(trace.http_attempt(calls, &mut h));
+                }
                 numbered = h;
                 &numbered
             } else {
@@ -183,6 +201,12 @@ impl Invoker {
             };
             let started = Instant::now();
             let result = self.attempt(payload, headers_now).await;
+            if let Some(span) = span {
+                span.finish(match &result {
+                    Attempt::Response { status, .. } => Some(*status),
+                    Attempt::Transport(_) => None,
+                });
+            }
             let class = match &result {
                 Attempt::Response { status, .. } => status_class(*status),
                 Attempt::Transport(_) => "error",

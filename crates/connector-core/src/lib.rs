@@ -35,7 +35,8 @@
 //! for good — a publisher returns [`Rejected`] — becoming an error document), [`rate`]
 //! (`MAX_RATE`) and the [`breaker`] (`CIRCUIT_BREAKER_FAILURES`).
 //!
-//! Around it: [`telemetry`] (JSON logs without payloads, Prometheus metrics), [`admin`]
+//! Around it: [`telemetry`] (JSON logs without payloads, Prometheus metrics, OpenTelemetry
+//! spans of each message's path when `OTEL_EXPORTER_OTLP_ENDPOINT` is set), [`admin`]
 //! (`/metrics`, `/healthz`, `/readyz`) and [`app`] (`--version`, signals, exit codes).
 //! [`tracker`] serves brokers whose position only moves forward (Kafka partitions, Kinesis
 //! shards): it commits only the contiguous settled prefix. The `aws` feature adds `aws`, the AWS

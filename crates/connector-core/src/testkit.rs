@@ -2,6 +2,9 @@
 //! Enabled by the `testkit` feature; used by every connector's integration tests and by the
 //! benchmarks. Waiting is event-driven (`wait_for_requests`), never a sleep.
 
+/// An OTLP trace receiver for tracing tests.
+pub mod otlp;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};

@@ -34,6 +34,7 @@ pub struct PubSubConnector {
 
 impl Connector for PubSubConnector {
     const NAME: &'static str = env!("CARGO_PKG_NAME");
+    const MESSAGING_SYSTEM: &'static str = "gcp_pubsub";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError> {
@@ -444,13 +445,20 @@ impl Publisher<()> for PubSubPublisher {
         // A response carries the function's response headers; an error document the request's
         // headers (`KEDA-Topic`, ..., `Content-Type` and the message's own attributes), as the
         // original published it, so subscriptions filtering on them see it.
-        let attributes = match record.destination {
-            Destination::Response => attributes(record.headers),
+        let mut attributes: Vec<(String, String)> = match record.destination {
+            Destination::Response => attributes(record.headers).into_iter().collect(),
             Destination::Error => attributes(&record.request_headers.to_header_map())
                 .into_iter()
                 .map(|(k, v)| (stored_key(record.request_headers, &k), v))
                 .collect(),
         };
+        // Only when tracing is on: the write's context replaces one the headers carried.
+        for (name, value) in record.trace_context {
+            if let Ok(value) = value.to_str() {
+                attributes.retain(|(k, _)| !k.eq_ignore_ascii_case(name.as_str()));
+                attributes.push((name.as_str().to_owned(), value.to_owned()));
+            }
+        }
         let size = record.body.len();
         let message = google_cloud_pubsub::model::Message::new()
             .set_data(record.body)

@@ -40,6 +40,7 @@ pub struct KafkaConnector {
 
 impl Connector for KafkaConnector {
     const NAME: &'static str = env!("CARGO_PKG_NAME");
+    const MESSAGING_SYSTEM: &'static str = "kafka";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError> {
@@ -536,11 +537,25 @@ impl Publisher<()> for KafkaPublisher {
         if let Some(key) = &record.message.key {
             out = out.key(&key[..]);
         }
-        if record.destination == Destination::Response && !record.headers.is_empty() {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (name, value) in record.headers {
+        let response_headers = match record.destination {
+            Destination::Response => record.headers.len(),
+            Destination::Error => 0,
+        };
+        if response_headers + record.trace_context.len() > 0 {
+            let mut headers =
+                OwnedHeaders::new_with_capacity(response_headers + record.trace_context.len());
+            if record.destination == Destination::Response {
+                for (name, value) in record.headers {
+                    headers = headers.insert(Header {
+                        key: &canonical_key(name.as_str()),
+                        value: Some(value.as_bytes()),
+                    });
+                }
+            }
+            // Only when tracing is on; W3C names, lower case, after the response's own.
+            for (name, value) in record.trace_context {
                 headers = headers.insert(Header {
-                    key: &canonical_key(name.as_str()),
+                    key: name.as_str(),
                     value: Some(value.as_bytes()),
                 });
             }

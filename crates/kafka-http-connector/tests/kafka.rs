@@ -363,6 +363,74 @@ async fn failures_go_to_error_topic_and_are_committed(b: Backend) {
     );
 }
 
+/// With tracing on, the trace a record carries in its headers continues through the function
+/// call to the response and error records, whose `traceparent` header is the write's context.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_trace_context_is_continued_into_the_outcomes() {
+    use connector_core::testkit::otlp::OtlpReceiver;
+    let b = Backend::mock();
+    let n = setup(&b, 1).await;
+    let receiver = OtlpReceiver::start().await;
+    let sink = Sink::start().await;
+    sink.respond(|r| {
+        if r.body.starts_with(b"bad") {
+            Reply::status(500)
+        } else {
+            Reply::status(200).body(r.body.clone())
+        }
+    });
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let tp = format!("00-{trace}-{parent}-01");
+    let records: Vec<Record> = ["good", "bad"]
+        .into_iter()
+        .map(|body| Record {
+            headers: vec![("traceparent", tp.as_bytes())],
+            ..rec(Some(0), Some("k"), body)
+        })
+        .collect();
+    produce(&b, &n.source, &records).await;
+    let endpoint = receiver.endpoint();
+    let mut proc = Process::start(
+        BIN,
+        &env(&b, &n, &sink, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]),
+    );
+    let responses = read(&b, &n.response, 1, 1).await;
+    let errors = read(&b, &n.error, 1, 1).await;
+    proc.stop().await;
+    let spans = receiver
+        .wait_for("process, POST and send spans of 2 records", WAIT, |s| {
+            s.len() >= 6
+        })
+        .await;
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    for (m, outcome) in [(&responses[0], "response"), (&errors[0], "error")] {
+        let values = header(m, "traceparent");
+        assert_eq!(values.len(), 1, "one traceparent on the {outcome} record");
+        let value = String::from_utf8(values[0].to_vec()).unwrap();
+        let parts: Vec<&str> = value.split('-').collect();
+        assert_eq!(
+            parts[1], trace,
+            "the record's trace continues to its {outcome}"
+        );
+        let send = spans
+            .iter()
+            .find(|s| s.span_id == parts[2])
+            .expect("send span");
+        assert_eq!(send.attribute("keda_connector.outcome"), Some(outcome));
+        assert_eq!(send.attribute("messaging.system"), Some("kafka"));
+        let process = spans
+            .iter()
+            .find(|s| s.span_id == send.parent_span_id)
+            .expect("process span");
+        assert_eq!(process.parent_span_id, parent);
+        assert_eq!(
+            process.attribute("messaging.destination.name"),
+            Some(n.source.as_str())
+        );
+    }
+}
+
 #[tokio::test]
 async fn failures_go_to_error_topic_and_are_committed_mock_cluster() {
     failures_go_to_error_topic_and_are_committed(Backend::mock()).await;
@@ -669,6 +737,7 @@ async fn error_record_matches_the_original_byte_for_byte() {
         Some(&b"golden-key"[..]),
         "unlike the original, the key is kept"
     );
+    assert!(got[0].headers().is_none(), "an error record has no headers");
     assert_eq!(sink.count(), 2);
     proc.stop().await;
 }

@@ -35,6 +35,7 @@ pub struct NatsConnector {
 
 impl Connector for NatsConnector {
     const NAME: &'static str = env!("CARGO_PKG_NAME");
+    const MESSAGING_SYSTEM: &'static str = "nats";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const HEADERS: HeaderFamily = HeaderFamily::Nats;
 
@@ -434,6 +435,12 @@ impl Publisher<()> for NatsPublisher {
         for (name, value) in record.headers {
             if let Ok(v) = value.to_str() {
                 headers.append(canonical_key(name.as_str()).as_str(), v);
+            }
+        }
+        // Only when tracing is on: the write's context, under the W3C names.
+        for (name, value) in record.trace_context {
+            if let Ok(v) = value.to_str() {
+                headers.insert(name.as_str(), v);
             }
         }
         let size = record.body.len();

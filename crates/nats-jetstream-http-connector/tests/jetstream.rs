@@ -669,3 +669,167 @@ async fn check_tells_what_the_swap_will_do_and_changes_nothing() {
     );
     assert_eq!(sink.count(), 0);
 }
+
+/// `traceparent` as (trace id, span id).
+fn trace_parent(value: &str) -> (String, String) {
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "traceparent {value}");
+    assert_eq!(parts[0], "00", "traceparent {value}");
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, each message's spans reach an OTLP receiver: a
+/// consumer span continuing the trace the NATS message carries (or starting one), a client span
+/// per HTTP attempt whose context the function receives as `traceparent`, and a producer span
+/// whose context the response or error message carries; the log lines of a message name its
+/// trace.
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_follow_each_message_through_the_function_to_its_outcome() {
+    use connector_core::testkit::otlp::OtlpReceiver;
+    let s = setup().await;
+    let receiver = OtlpReceiver::start().await;
+    let sink = Sink::start().await;
+    sink.respond(|r| {
+        if r.body.starts_with(b"fail") {
+            Reply::status(500)
+        } else {
+            let mut body = b"re:".to_vec();
+            body.extend_from_slice(&r.body);
+            Reply::status(200).body(body)
+        }
+    });
+    // Bodies and the trace context they arrive with (`None`: none, or not a valid one).
+    let mut sent: Vec<(String, Option<(String, String)>)> = Vec::new();
+    for i in 0..12 {
+        let body = if i % 4 == 3 {
+            format!("fail{i}")
+        } else {
+            format!("m{i}")
+        };
+        let inbound =
+            (i % 2 == 0).then(|| (format!("{:032x}", 0xabc0 + i), format!("{:016x}", 0x70 + i)));
+        match &inbound {
+            Some((trace, parent)) => {
+                let tp = format!("00-{trace}-{parent}-01");
+                s.publish(&body, &[("traceparent", tp.as_str())]).await;
+            }
+            None => s.publish(&body, &[]).await,
+        }
+        sent.push((body, inbound));
+    }
+    let endpoint = receiver.endpoint();
+    let mut proc = Process::start(
+        BIN,
+        &env(
+            &s,
+            &sink,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_SERVICE_NAME", "orders-connector"),
+            ],
+        ),
+    );
+    let responses = s.read(&s.response, 9).await;
+    let errors = s.read(&s.error, 3).await;
+    // Stopping flushes the spans still batched.
+    proc.stop().await;
+    let spans = receiver
+        .wait_for("the spans of 12 messages", WAIT, |spans| spans.len() >= 36)
+        .await;
+    assert_eq!(spans.len(), 36, "3 spans a message: process, POST, send");
+    let by_id = |id: &str| {
+        spans
+            .iter()
+            .find(|s| s.span_id == id)
+            .unwrap_or_else(|| panic!("no span {id} in {spans:#?}"))
+    };
+    // From each call to the function back to the message's process span.
+    let mut process_of = std::collections::HashMap::new();
+    for r in sink.requests() {
+        let body = String::from_utf8(r.body.to_vec()).unwrap();
+        let (trace, span) = trace_parent(r.headers["traceparent"].to_str().unwrap());
+        let post = by_id(&span);
+        assert_eq!((post.name.as_str(), post.kind), ("POST", 3), "{post:?}");
+        assert_eq!(post.trace_id, trace);
+        assert_eq!(post.attribute("http.request.method"), Some("POST"));
+        let status = if body.starts_with("fail") {
+            "500"
+        } else {
+            "200"
+        };
+        assert_eq!(post.attribute("http.response.status_code"), Some(status));
+        let process = by_id(&post.parent_span_id);
+        assert_eq!(process.name, format!("process {}", s.input));
+        assert_eq!(process.kind, 5, "consumer");
+        assert_eq!(process.trace_id, trace);
+        assert_eq!(process.service, "orders-connector");
+        assert_eq!(process.attribute("messaging.system"), Some("nats"));
+        assert_eq!(
+            process.attribute("messaging.destination.name"),
+            Some(s.input.as_str())
+        );
+        assert_eq!(
+            process.attribute("messaging.operation.type"),
+            Some("process")
+        );
+        let (_, inbound) = sent.iter().find(|(b, _)| *b == body).expect("a sent body");
+        match inbound {
+            Some((trace, parent)) => {
+                assert_eq!(&process.trace_id, trace, "the message's trace continues");
+                assert_eq!(&process.parent_span_id, parent);
+            }
+            None => assert_eq!(process.parent_span_id, "", "a new trace starts"),
+        }
+        assert_eq!(process.status, if status == "500" { 2 } else { 0 });
+        process_of.insert(body, process.clone());
+    }
+    assert_eq!(process_of.len(), 12, "one call per message");
+    // From each outcome message back to the same process span.
+    for (m, outcome) in responses
+        .iter()
+        .map(|m| (m, "response"))
+        .chain(errors.iter().map(|m| (m, "error")))
+    {
+        let headers = m.headers.as_ref().expect("outcome headers");
+        let (trace, span) = trace_parent(headers.get("traceparent").expect("traceparent").as_str());
+        let send = by_id(&span);
+        assert_eq!(send.kind, 4, "producer: {send:?}");
+        assert_eq!(send.trace_id, trace);
+        assert_eq!(send.attribute("keda_connector.outcome"), Some(outcome));
+        let body = if outcome == "response" {
+            String::from_utf8(m.payload.to_vec()).unwrap()[3..].to_owned()
+        } else {
+            let doc: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            doc["FunctionHTTPRequest"]["Message"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let process = &process_of[&body];
+        assert_eq!(send.parent_span_id, process.span_id, "{body}");
+        assert_eq!(
+            send.name,
+            format!(
+                "send {}",
+                if outcome == "response" {
+                    &s.response
+                } else {
+                    &s.error
+                }
+            )
+        );
+    }
+    // The failure's log line carries its trace.
+    let failed = &process_of["fail3"];
+    let line = proc
+        .logs()
+        .lines()
+        .find(|l| l.contains("function invocation failed") && l.contains(&failed.trace_id))
+        .map(str::to_owned);
+    assert!(
+        line.is_some(),
+        "no log line with trace {}:\n{}",
+        failed.trace_id,
+        proc.logs()
+    );
+}

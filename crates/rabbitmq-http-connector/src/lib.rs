@@ -40,6 +40,7 @@ pub struct RabbitConnector {
 
 impl Connector for RabbitConnector {
     const NAME: &'static str = env!("CARGO_PKG_NAME");
+    const MESSAGING_SYSTEM: &'static str = "rabbitmq";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     fn from_env(env: &dyn Env, settings: &Settings) -> Result<Self, ConfigError> {
@@ -510,6 +511,17 @@ impl Publisher<AmqpMeta> for RabbitPublisher {
         }
         if let Some(v) = &record.meta.reply_to {
             props = props.with_reply_to(v.clone());
+        }
+        // Only when tracing is on: the write's context as AMQP headers.
+        if !record.trace_context.is_empty() {
+            let mut table = lapin::types::FieldTable::default();
+            for (name, value) in record.trace_context {
+                table.insert(
+                    name.as_str().into(),
+                    lapin::types::AMQPValue::LongString(value.as_bytes().into()),
+                );
+            }
+            props = props.with_headers(table);
         }
         let confirm = self.confirmed_publish(record, props).await;
         if confirm.is_err() && !self.channel.status().connected() {

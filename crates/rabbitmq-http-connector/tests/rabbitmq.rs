@@ -253,6 +253,8 @@ async fn happy_path_responses_byte_equal_with_properties_and_headers() {
             p.reply_to().as_ref().map(|s| s.to_string()),
             Some("reply-q".to_owned())
         );
+        // Without tracing the records carry no headers, as the original's.
+        assert_eq!(p.headers(), &None);
         *seen.entry(i).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), n, "every message answered exactly once");
@@ -274,6 +276,98 @@ async fn happy_path_responses_byte_equal_with_properties_and_headers() {
     proc.stop().await;
     assert_eq!(q.ready(&q.source).await, 0, "nothing left or requeued");
     assert_eq!(q.ready(&q.error).await, 0);
+}
+
+/// The `traceparent` AMQP header of a delivery, as (trace id, span id).
+fn amqp_trace_parent(d: &lapin::message::Delivery) -> (String, String) {
+    let headers = d.properties.headers().as_ref().expect("AMQP headers");
+    let value = match headers.inner().get("traceparent") {
+        Some(AMQPValue::LongString(v)) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        other => panic!("traceparent header: {other:?}"),
+    };
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "{value}");
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+/// With tracing on, the trace an AMQP message carries continues through the function call to
+/// the response and the error document, whose AMQP headers carry the write's context.
+#[tokio::test(flavor = "multi_thread")]
+async fn amqp_trace_context_is_continued_into_the_outcomes() {
+    use connector_core::testkit::otlp::OtlpReceiver;
+    let ch = broker().await;
+    let q = Queues::new(&ch).await;
+    let receiver = OtlpReceiver::start().await;
+    let sink = Sink::start().await;
+    sink.respond(|r| {
+        if r.body.starts_with(b"bad") {
+            Reply::status(500)
+        } else {
+            Reply::status(200).body(r.body.clone())
+        }
+    });
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    for body in ["good", "bad"] {
+        let mut headers = BTreeMap::new();
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(format!("00-{trace}-{parent}-01").into()),
+        );
+        headers.insert("tracestate".into(), AMQPValue::LongString("k=v".into()));
+        let props = BasicProperties::default().with_headers(FieldTable::from(headers));
+        q.publish(body.as_bytes(), props).await;
+    }
+    let endpoint = receiver.endpoint();
+    let mut proc = Process::start(
+        BIN,
+        &env(
+            &q,
+            &sink,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("MAX_RETRIES", "0"),
+            ],
+        ),
+    );
+    let responses = q.take(&q.response, 1, WAIT).await;
+    let errors = q.take(&q.error, 1, WAIT).await;
+    proc.stop().await;
+    let spans = receiver
+        .wait_for("process, POST and send spans of 2 messages", WAIT, |s| {
+            s.len() >= 6
+        })
+        .await;
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    for (d, outcome) in [(&responses[0], "response"), (&errors[0], "error")] {
+        let (outcome_trace, send_id) = amqp_trace_parent(d);
+        assert_eq!(
+            outcome_trace, trace,
+            "the message's trace continues to its {outcome}"
+        );
+        let send = spans
+            .iter()
+            .find(|s| s.span_id == send_id)
+            .expect("send span");
+        assert_eq!(send.attribute("keda_connector.outcome"), Some(outcome));
+        assert_eq!(send.attribute("messaging.system"), Some("rabbitmq"));
+        let process = spans
+            .iter()
+            .find(|s| s.span_id == send.parent_span_id)
+            .expect("process span");
+        assert_eq!(process.parent_span_id, parent);
+        assert_eq!(process.attribute("messaging.system"), Some("rabbitmq"));
+    }
+    // The calls carried their attempt's context and the message's tracestate.
+    for r in sink.requests() {
+        let tp = r.headers["traceparent"].to_str().unwrap().to_owned();
+        assert!(tp.starts_with(&format!("00-{trace}-")), "{tp}");
+        assert!(
+            !tp.contains(parent),
+            "the function's parent is the attempt: {tp}"
+        );
+        assert_eq!(r.headers["tracestate"], "k=v");
+    }
 }
 
 #[tokio::test]

@@ -83,6 +83,13 @@ const COMMON_FREE: &[&str] = &[
     "NO_PROXY",
     "no_proxy",
     "REQUEST_METHOD",
+    // OpenTelemetry's variables never stop a start (the original ignored them): what cannot be
+    // used is a warning and tracing stays off.
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
 ];
 
 const CASES: &[Case] = &[

@@ -31,6 +31,7 @@ struct PgQueue {
 
 impl Connector for PgQueue {
     const NAME: &'static str = env!("CARGO_PKG_NAME");
+    const MESSAGING_SYSTEM: &'static str = "postgresql";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     fn from_env(env: &dyn Env, _: &Settings) -> Result<Self, ConfigError> {

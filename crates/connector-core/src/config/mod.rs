@@ -232,6 +232,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Log level.
     pub log_level: LogLevel,
+    /// OpenTelemetry span export (the standard `OTEL_*` variables).
+    pub traces: crate::telemetry::traces::TraceSettings,
     /// Things worth a warning once logging is up (e.g. a negative `MAX_RETRIES`).
     pub warnings: Vec<String>,
 }
@@ -360,6 +362,7 @@ impl Settings {
         };
 
         let log_level = LogLevel::from_vars(&vars)?;
+        let traces = crate::telemetry::traces::TraceSettings::from_vars(&vars, &mut warnings);
 
         Ok(Self {
             common,
@@ -368,6 +371,7 @@ impl Settings {
             delivery,
             admin,
             log_level,
+            traces,
             warnings,
         })
     }

@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod process;
+pub mod traces;
 
 /// Installs the process-wide JSON logger on stderr (one object per line, like the original's
 /// zap logger). Broker client libraries are capped at `warn` unless the level is `trace`.
@@ -37,7 +38,9 @@ pub fn init_logging(level: LogLevel) {
     let fmt = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
-        .with_current_span(false)
+        // The only spans are a traced message's (telemetry/traces.rs): its log lines carry
+        // `span.trace_id` and `span.span_id`; without tracing no line has a `span` key.
+        .with_current_span(true)
         .with_span_list(false)
         .with_writer(std::io::stderr);
     // A second call (tests running several connectors in one process) keeps the first logger.
