@@ -601,7 +601,9 @@ impl Publisher<SqsMeta> for SqsPublisher {
         // Only when tracing is on; before the response's headers, which yield to it when all
         // ten attributes would be taken.
         for (name, value) in record.trace_context {
-            if let Ok(value) = value.to_str() {
+            if let Ok(value) = value.to_str()
+                && !value.is_empty()
+            {
                 attributes.insert(name.as_str().to_owned(), string_attribute(value));
             }
         }
@@ -609,7 +611,13 @@ impl Publisher<SqsMeta> for SqsPublisher {
             for (name, value) in
                 response_attributes(record.headers, MAX_ATTRIBUTES - attributes.len())
             {
-                attributes.insert(name, string_attribute(&value));
+                // The write's trace context replaces one the function answered with.
+                if !record
+                    .trace_context
+                    .contains_key(name.to_ascii_lowercase().as_str())
+                {
+                    attributes.insert(name, string_attribute(&value));
+                }
             }
         }
         let mut send = self

@@ -222,6 +222,74 @@ async fn attributes_both_ways_and_source_deleted() {
     );
 }
 
+/// With tracing on, the trace a message carries in its `traceparent` attribute continues
+/// through the function call to the response and the error document, whose `traceparent`
+/// attribute is the write's context.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqs_trace_context_is_continued_into_the_outcomes() {
+    use connector_core::testkit::otlp::OtlpReceiver;
+    let sqs = Sqs::start().await;
+    let src = sqs.queue("in", &[]).await;
+    let resp = sqs.queue("responses", &[]).await;
+    let errs = sqs.queue("errors", &[]).await;
+    let receiver = OtlpReceiver::start().await;
+    let sink = Sink::start().await;
+    sink.respond(|req| {
+        if req.body == "bad" {
+            Reply::status(500)
+        } else {
+            Reply::status(200).body("fine")
+        }
+    });
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let tp = format!("00-{trace}-{parent}-01");
+    for body in ["bad", "ok"] {
+        sqs.send(&src, body, &[("traceparent", tp.as_str())], None)
+            .await;
+    }
+    let endpoint = receiver.endpoint();
+    let mut proc = Process::start(
+        BIN,
+        &env(
+            &sqs,
+            &sink,
+            &src,
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+        ),
+    );
+    let errors = sqs.take(&errs, 1).await;
+    let responses = sqs.take(&resp, 1).await;
+    proc.stop().await;
+    let spans = receiver
+        .wait_for("process, POST and send spans of 2 messages", WAIT, |s| {
+            s.len() >= 6
+        })
+        .await;
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    for (m, outcome) in [(&responses[0], "response"), (&errors[0], "error")] {
+        // The message had no tracestate: none is written (SQS refuses an empty attribute).
+        assert_eq!(attr(m, "tracestate"), None, "{outcome}");
+        let value = attr(m, "traceparent").expect("a traceparent attribute");
+        let parts: Vec<&str> = value.split('-').collect();
+        assert_eq!(
+            parts[1], trace,
+            "the message's trace continues to its {outcome}"
+        );
+        let send = spans
+            .iter()
+            .find(|s| s.span_id == parts[2])
+            .expect("send span");
+        assert_eq!(send.attribute("keda_connector.outcome"), Some(outcome));
+        assert_eq!(send.attribute("messaging.system"), Some("aws_sqs"));
+        let process = spans
+            .iter()
+            .find(|s| s.span_id == send.parent_span_id)
+            .expect("process span");
+        assert_eq!(process.parent_span_id, parent);
+    }
+}
+
 #[tokio::test]
 async fn failures_go_to_the_error_queue_and_the_source_is_deleted() {
     let sqs = Sqs::start().await;

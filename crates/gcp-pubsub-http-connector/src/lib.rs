@@ -452,11 +452,19 @@ impl Publisher<()> for PubSubPublisher {
                 .map(|(k, v)| (stored_key(record.request_headers, &k), v))
                 .collect(),
         };
-        // Only when tracing is on: the write's context replaces one the headers carried.
-        for (name, value) in record.trace_context {
-            if let Ok(value) = value.to_str() {
-                attributes.retain(|(k, _)| !k.eq_ignore_ascii_case(name.as_str()));
-                attributes.push((name.as_str().to_owned(), value.to_owned()));
+        // Only when tracing is on: the write's context replaces one the headers carried,
+        // within Pub/Sub's 100 attributes.
+        if !record.trace_context.is_empty() {
+            attributes.retain(|(k, _)| {
+                !record
+                    .trace_context
+                    .contains_key(k.to_ascii_lowercase().as_str())
+            });
+            attributes.truncate(100 - record.trace_context.len());
+            for (name, value) in record.trace_context {
+                if let Ok(value) = value.to_str() {
+                    attributes.push((name.as_str().to_owned(), value.to_owned()));
+                }
             }
         }
         let size = record.body.len();

@@ -40,6 +40,77 @@ fn env(e: &Emulator, sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'stat
     with_overrides(v, extra)
 }
 
+/// With tracing on, the trace a message carries in its `traceparent` attribute continues
+/// through the function call to the response and the error document, whose `traceparent`
+/// attribute is the write's context.
+#[tokio::test(flavor = "multi_thread")]
+async fn pubsub_trace_context_is_continued_into_the_outcomes() {
+    use connector_core::testkit::otlp::OtlpReceiver;
+    let e = Emulator::start().await;
+    setup(&e, 10).await;
+    let receiver = OtlpReceiver::start().await;
+    let sink = Sink::start().await;
+    sink.respond(|r| {
+        if r.body.starts_with(b"bad") {
+            Reply::status(500)
+        } else {
+            Reply::status(200).body(r.body.clone())
+        }
+    });
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let tp = format!("00-{trace}-{parent}-01");
+    for body in ["good", "bad"] {
+        e.publish("source", body.as_bytes(), &[("traceparent", tp.as_str())])
+            .await;
+    }
+    let endpoint = receiver.endpoint();
+    let mut proc = Process::start(
+        BIN,
+        &env(&e, &sink, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]),
+    );
+    let responses = e.read("resp-reader", 1).await;
+    let errors = e.read("err-reader", 1).await;
+    proc.stop().await;
+    let spans = receiver
+        .wait_for("process, POST and send spans of 2 messages", WAIT, |s| {
+            s.len() >= 6
+        })
+        .await;
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    for ((_, attrs), outcome) in [(&responses[0], "response"), (&errors[0], "error")] {
+        let value = attrs.get("traceparent").expect("a traceparent attribute");
+        let parts: Vec<&str> = value.split('-').collect();
+        assert_eq!(
+            parts[1], trace,
+            "the message's trace continues to its {outcome}"
+        );
+        let send = spans
+            .iter()
+            .find(|s| s.span_id == parts[2])
+            .expect("send span");
+        assert_eq!(send.attribute("keda_connector.outcome"), Some(outcome));
+        assert_eq!(send.attribute("messaging.system"), Some("gcp_pubsub"));
+        let process = spans
+            .iter()
+            .find(|s| s.span_id == send.parent_span_id)
+            .expect("process span");
+        assert_eq!(process.parent_span_id, parent);
+    }
+    // Only the write's context: the inbound one, quoted among an error document's request
+    // headers, does not stay beside it under another case.
+    assert!(
+        errors[0]
+            .1
+            .keys()
+            .filter(|k| k.eq_ignore_ascii_case("traceparent"))
+            .count()
+            == 1,
+        "{:?}",
+        errors[0].1
+    );
+}
+
 /// Also the regression test for the original's hang after its first publish: many responses
 /// must come out of one process.
 #[tokio::test]

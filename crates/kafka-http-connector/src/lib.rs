@@ -545,7 +545,12 @@ impl Publisher<()> for KafkaPublisher {
             let mut headers =
                 OwnedHeaders::new_with_capacity(response_headers + record.trace_context.len());
             if record.destination == Destination::Response {
-                for (name, value) in record.headers {
+                // The write's trace context replaces one the function answered with.
+                for (name, value) in record
+                    .headers
+                    .iter()
+                    .filter(|(name, _)| !record.trace_context.contains_key(*name))
+                {
                     headers = headers.insert(Header {
                         key: &canonical_key(name.as_str()),
                         value: Some(value.as_bytes()),

@@ -432,7 +432,12 @@ fn write_error(e: async_nats::jetstream::context::PublishError, size: usize) -> 
 impl Publisher<()> for NatsPublisher {
     async fn publish(&self, record: Outbound<'_, ()>) -> Result<(), BoxError> {
         let mut headers = async_nats::HeaderMap::new();
-        for (name, value) in record.headers {
+        // The write's trace context (below) replaces one the function answered with.
+        for (name, value) in record
+            .headers
+            .iter()
+            .filter(|(name, _)| !record.trace_context.contains_key(*name))
+        {
             if let Ok(v) = value.to_str() {
                 headers.append(canonical_key(name.as_str()).as_str(), v);
             }

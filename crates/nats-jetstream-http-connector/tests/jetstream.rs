@@ -748,6 +748,7 @@ async fn spans_follow_each_message_through_the_function_to_its_outcome() {
     for r in sink.requests() {
         let body = String::from_utf8(r.body.to_vec()).unwrap();
         let (trace, span) = trace_parent(r.headers["traceparent"].to_str().unwrap());
+        assert!(r.headers.get("tracestate").is_none(), "no empty tracestate");
         let post = by_id(&span);
         assert_eq!((post.name.as_str(), post.kind), ("POST", 3), "{post:?}");
         assert_eq!(post.trace_id, trace);

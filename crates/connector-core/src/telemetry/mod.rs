@@ -34,7 +34,9 @@ pub fn init_logging(level: LogLevel) {
         .with_target("amq_protocol", libraries)
         .with_target("hyper", libraries)
         .with_target("hyper_util", libraries)
-        .with_target("rustls", libraries);
+        .with_target("rustls", libraries)
+        // The span exporter's own reports (a collector that cannot be reached, ...).
+        .with_target("opentelemetry", libraries);
     let fmt = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)

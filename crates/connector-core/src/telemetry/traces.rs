@@ -78,6 +78,23 @@ impl TraceSettings {
         if disabled {
             return off;
         }
+        // Only gRPC is built in: sending it to an http/protobuf port (4318) would fail on
+        // every export, unseen.
+        for protocol in [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
+            if let Some(p) = vars.optional_trimmed(protocol).filter(|v| !v.is_empty()) {
+                if p != "grpc" {
+                    warnings.push(format!(
+                        "{protocol}: only grpc is supported (point the endpoint at the \
+                         collector's OTLP/gRPC port, usually 4317); spans are not exported"
+                    ));
+                    return off;
+                }
+                break;
+            }
+        }
         match check_endpoint(&value) {
             Ok(()) => Self {
                 endpoint: Some(value),
@@ -91,7 +108,7 @@ impl TraceSettings {
     }
 }
 
-/// An `http://host:port` gRPC endpoint. `https` would need the exporter's TLS stack, which the
+/// An `http://host[:port]` gRPC endpoint. `https` would need the exporter's TLS stack, which the
 /// images do not carry (see docs/configuration.md, "Tracing"): a collector agent next to the
 /// connector is the usual set-up.
 fn check_endpoint(value: &str) -> Result<(), &'static str> {
@@ -250,7 +267,9 @@ impl MessageTrace {
     /// `span.trace_id` and `span.span_id`.
     pub(crate) fn log_span(&self) -> tracing::Span {
         let sc = self.cx.span().span_context().clone();
-        tracing::info_span!(
+        // At ERROR level so that it exists whatever LOG_LEVEL lets through: the lines that most
+        // need the trace are warnings and errors.
+        tracing::error_span!(
             "message",
             trace_id = %sc.trace_id(),
             span_id = %sc.span_id()
@@ -383,6 +402,11 @@ struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
+        // The propagator sets `tracestate` even when the trace has none: an empty header or
+        // attribute is noise, and SQS refuses an empty attribute value.
+        if value.is_empty() {
+            return;
+        }
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(key.as_bytes()),
             HeaderValue::from_str(&value),
@@ -425,6 +449,39 @@ mod tests {
             let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4317"), off]);
             assert_eq!(s, (TraceSettings::default(), vec![]), "{off:?}");
         }
+    }
+
+    #[test]
+    fn a_protocol_other_than_grpc_is_a_warning_and_no_tracing() {
+        let (s, warnings) = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]);
+        assert_eq!(s.endpoint, None);
+        assert!(
+            warnings[0].starts_with("OTEL_EXPORTER_OTLP_PROTOCOL"),
+            "{warnings:?}"
+        );
+        let (s, warnings) = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]);
+        assert_eq!(s.endpoint.as_deref(), Some("http://collector:4317"));
+        assert!(
+            warnings.is_empty(),
+            "the traces variable wins: {warnings:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_value_is_not_injected() {
+        let mut headers = HeaderMap::new();
+        let mut injector = HeaderInjector(&mut headers);
+        injector.set("tracestate", String::new());
+        injector.set("traceparent", "00-1-2-01".to_owned());
+        assert!(headers.get("tracestate").is_none());
+        assert_eq!(headers["traceparent"], "00-1-2-01");
     }
 
     /// What the original ignored cannot stop a start: a warning naming the variable (never
