@@ -227,7 +227,9 @@ async fn attributes_both_ways_and_source_deleted() {
 /// attribute is the write's context.
 #[tokio::test(flavor = "multi_thread")]
 async fn sqs_trace_context_is_continued_into_the_outcomes() {
-    use connector_core::testkit::otlp::OtlpReceiver;
+    use connector_core::testkit::otlp::{
+        OtlpReceiver, assert_outcome_continues_trace, inbound_traceparent,
+    };
     let sqs = Sqs::start().await;
     let src = sqs.queue("in", &[]).await;
     let resp = sqs.queue("responses", &[]).await;
@@ -241,9 +243,7 @@ async fn sqs_trace_context_is_continued_into_the_outcomes() {
             Reply::status(200).body("fine")
         }
     });
-    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let parent = "00f067aa0ba902b7";
-    let tp = format!("00-{trace}-{parent}-01");
+    let tp = inbound_traceparent();
     for body in ["bad", "ok"] {
         sqs.send(&src, body, &[("traceparent", tp.as_str())], None)
             .await;
@@ -271,22 +271,7 @@ async fn sqs_trace_context_is_continued_into_the_outcomes() {
         // The message had no tracestate: none is written (SQS refuses an empty attribute).
         assert_eq!(attr(m, "tracestate"), None, "{outcome}");
         let value = attr(m, "traceparent").expect("a traceparent attribute");
-        let parts: Vec<&str> = value.split('-').collect();
-        assert_eq!(
-            parts[1], trace,
-            "the message's trace continues to its {outcome}"
-        );
-        let send = spans
-            .iter()
-            .find(|s| s.span_id == parts[2])
-            .expect("send span");
-        assert_eq!(send.attribute("keda_connector.outcome"), Some(outcome));
-        assert_eq!(send.attribute("messaging.system"), Some("aws_sqs"));
-        let process = spans
-            .iter()
-            .find(|s| s.span_id == send.parent_span_id)
-            .expect("process span");
-        assert_eq!(process.parent_span_id, parent);
+        assert_outcome_continues_trace(&spans, &value, outcome, "aws_sqs");
     }
 }
 

@@ -807,10 +807,28 @@ impl Moto {
     /// Starts `moto_server` (or `$MOTO_SERVER_BIN`) and waits until it answers.
     pub async fn start() -> Self {
         let bin = std::env::var("MOTO_SERVER_BIN").unwrap_or_else(|_| "moto_server".into());
+        // moto loses concurrent Kinesis writes; the server's Python loads this `sitecustomize`,
+        // which serves Kinesis calls one at a time (why: testkit/moto_sitecustomize.py).
+        let site = std::env::temp_dir().join(format!("keda-moto-site-{}", std::process::id()));
+        std::fs::create_dir_all(&site).expect("a directory for moto's sitecustomize");
+        std::fs::write(
+            site.join("sitecustomize.py"),
+            include_str!("testkit/moto_sitecustomize.py"),
+        )
+        .expect("write moto's sitecustomize");
+        let python_path = std::env::join_paths(
+            std::iter::once(site).chain(
+                std::env::var_os("PYTHONPATH")
+                    .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            ),
+        )
+        .expect("PYTHONPATH");
         // Port 0: the server binds whatever port the kernel gives it and names it in its
         // "Running on http://127.0.0.1:<port>" line, so no other process can take it first.
         let mut child = tokio::process::Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", "0"])
+            .env("PYTHONPATH", python_path)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)

@@ -45,7 +45,9 @@ fn env(e: &Emulator, sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'stat
 /// attribute is the write's context.
 #[tokio::test(flavor = "multi_thread")]
 async fn pubsub_trace_context_is_continued_into_the_outcomes() {
-    use connector_core::testkit::otlp::OtlpReceiver;
+    use connector_core::testkit::otlp::{
+        OtlpReceiver, assert_outcome_continues_trace, inbound_traceparent,
+    };
     let e = Emulator::start().await;
     setup(&e, 10).await;
     let receiver = OtlpReceiver::start().await;
@@ -57,9 +59,7 @@ async fn pubsub_trace_context_is_continued_into_the_outcomes() {
             Reply::status(200).body(r.body.clone())
         }
     });
-    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let parent = "00f067aa0ba902b7";
-    let tp = format!("00-{trace}-{parent}-01");
+    let tp = inbound_traceparent();
     for body in ["good", "bad"] {
         e.publish("source", body.as_bytes(), &[("traceparent", tp.as_str())])
             .await;
@@ -80,22 +80,7 @@ async fn pubsub_trace_context_is_continued_into_the_outcomes() {
     assert_eq!(spans.len(), 6, "{spans:#?}");
     for ((_, attrs), outcome) in [(&responses[0], "response"), (&errors[0], "error")] {
         let value = attrs.get("traceparent").expect("a traceparent attribute");
-        let parts: Vec<&str> = value.split('-').collect();
-        assert_eq!(
-            parts[1], trace,
-            "the message's trace continues to its {outcome}"
-        );
-        let send = spans
-            .iter()
-            .find(|s| s.span_id == parts[2])
-            .expect("send span");
-        assert_eq!(send.attribute("keda_connector.outcome"), Some(outcome));
-        assert_eq!(send.attribute("messaging.system"), Some("gcp_pubsub"));
-        let process = spans
-            .iter()
-            .find(|s| s.span_id == send.parent_span_id)
-            .expect("process span");
-        assert_eq!(process.parent_span_id, parent);
+        assert_outcome_continues_trace(&spans, value, outcome, "gcp_pubsub");
     }
     // Only the write's context: the inbound one, quoted among an error document's request
     // headers, does not stay beside it under another case.

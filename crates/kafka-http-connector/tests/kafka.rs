@@ -367,7 +367,9 @@ async fn failures_go_to_error_topic_and_are_committed(b: Backend) {
 /// call to the response and error records, whose `traceparent` header is the write's context.
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_trace_context_is_continued_into_the_outcomes() {
-    use connector_core::testkit::otlp::OtlpReceiver;
+    use connector_core::testkit::otlp::{
+        OtlpReceiver, assert_outcome_continues_trace, inbound_traceparent,
+    };
     let b = Backend::mock();
     let n = setup(&b, 1).await;
     let receiver = OtlpReceiver::start().await;
@@ -379,9 +381,7 @@ async fn kafka_trace_context_is_continued_into_the_outcomes() {
             Reply::status(200).body(r.body.clone())
         }
     });
-    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let parent = "00f067aa0ba902b7";
-    let tp = format!("00-{trace}-{parent}-01");
+    let tp = inbound_traceparent();
     let records: Vec<Record> = ["good", "bad"]
         .into_iter()
         .map(|body| Record {
@@ -408,26 +408,7 @@ async fn kafka_trace_context_is_continued_into_the_outcomes() {
         let values = header(m, "traceparent");
         assert_eq!(values.len(), 1, "one traceparent on the {outcome} record");
         let value = String::from_utf8(values[0].to_vec()).unwrap();
-        let parts: Vec<&str> = value.split('-').collect();
-        assert_eq!(
-            parts[1], trace,
-            "the record's trace continues to its {outcome}"
-        );
-        let send = spans
-            .iter()
-            .find(|s| s.span_id == parts[2])
-            .expect("send span");
-        assert_eq!(send.attribute("keda_connector.outcome"), Some(outcome));
-        assert_eq!(send.attribute("messaging.system"), Some("kafka"));
-        let process = spans
-            .iter()
-            .find(|s| s.span_id == send.parent_span_id)
-            .expect("process span");
-        assert_eq!(process.parent_span_id, parent);
-        assert_eq!(
-            process.attribute("messaging.destination.name"),
-            Some(n.source.as_str())
-        );
+        assert_outcome_continues_trace(&spans, &value, outcome, "kafka");
     }
 }
 

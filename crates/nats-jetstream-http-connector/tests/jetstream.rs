@@ -670,14 +670,6 @@ async fn check_tells_what_the_swap_will_do_and_changes_nothing() {
     assert_eq!(sink.count(), 0);
 }
 
-/// `traceparent` as (trace id, span id).
-fn trace_parent(value: &str) -> (String, String) {
-    let parts: Vec<&str> = value.split('-').collect();
-    assert_eq!(parts.len(), 4, "traceparent {value}");
-    assert_eq!(parts[0], "00", "traceparent {value}");
-    (parts[1].to_owned(), parts[2].to_owned())
-}
-
 /// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, each message's spans reach an OTLP receiver: a
 /// consumer span continuing the trace the NATS message carries (or starting one), a client span
 /// per HTTP attempt whose context the function receives as `traceparent`, and a producer span
@@ -685,7 +677,7 @@ fn trace_parent(value: &str) -> (String, String) {
 /// trace.
 #[tokio::test(flavor = "multi_thread")]
 async fn spans_follow_each_message_through_the_function_to_its_outcome() {
-    use connector_core::testkit::otlp::OtlpReceiver;
+    use connector_core::testkit::otlp::{OtlpReceiver, parse_traceparent as trace_parent};
     let s = setup().await;
     let receiver = OtlpReceiver::start().await;
     let sink = Sink::start().await;

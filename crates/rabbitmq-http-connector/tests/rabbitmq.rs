@@ -278,23 +278,22 @@ async fn happy_path_responses_byte_equal_with_properties_and_headers() {
     assert_eq!(q.ready(&q.error).await, 0);
 }
 
-/// The `traceparent` AMQP header of a delivery, as (trace id, span id).
-fn amqp_trace_parent(d: &lapin::message::Delivery) -> (String, String) {
+/// The `traceparent` AMQP header of a delivery.
+fn amqp_traceparent(d: &lapin::message::Delivery) -> String {
     let headers = d.properties.headers().as_ref().expect("AMQP headers");
-    let value = match headers.inner().get("traceparent") {
+    match headers.inner().get("traceparent") {
         Some(AMQPValue::LongString(v)) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
         other => panic!("traceparent header: {other:?}"),
-    };
-    let parts: Vec<&str> = value.split('-').collect();
-    assert_eq!(parts.len(), 4, "{value}");
-    (parts[1].to_owned(), parts[2].to_owned())
+    }
 }
 
 /// With tracing on, the trace an AMQP message carries continues through the function call to
 /// the response and the error document, whose AMQP headers carry the write's context.
 #[tokio::test(flavor = "multi_thread")]
 async fn amqp_trace_context_is_continued_into_the_outcomes() {
-    use connector_core::testkit::otlp::OtlpReceiver;
+    use connector_core::testkit::otlp::{
+        OtlpReceiver, PARENT_SPAN_ID, TRACE_ID, assert_outcome_continues_trace, inbound_traceparent,
+    };
     let ch = broker().await;
     let q = Queues::new(&ch).await;
     let receiver = OtlpReceiver::start().await;
@@ -306,13 +305,11 @@ async fn amqp_trace_context_is_continued_into_the_outcomes() {
             Reply::status(200).body(r.body.clone())
         }
     });
-    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let parent = "00f067aa0ba902b7";
     for body in ["good", "bad"] {
         let mut headers = BTreeMap::new();
         headers.insert(
             "traceparent".into(),
-            AMQPValue::LongString(format!("00-{trace}-{parent}-01").into()),
+            AMQPValue::LongString(inbound_traceparent().into()),
         );
         headers.insert("tracestate".into(), AMQPValue::LongString("k=v".into()));
         let props = BasicProperties::default().with_headers(FieldTable::from(headers));
@@ -340,30 +337,14 @@ async fn amqp_trace_context_is_continued_into_the_outcomes() {
         .await;
     assert_eq!(spans.len(), 6, "{spans:#?}");
     for (d, outcome) in [(&responses[0], "response"), (&errors[0], "error")] {
-        let (outcome_trace, send_id) = amqp_trace_parent(d);
-        assert_eq!(
-            outcome_trace, trace,
-            "the message's trace continues to its {outcome}"
-        );
-        let send = spans
-            .iter()
-            .find(|s| s.span_id == send_id)
-            .expect("send span");
-        assert_eq!(send.attribute("keda_connector.outcome"), Some(outcome));
-        assert_eq!(send.attribute("messaging.system"), Some("rabbitmq"));
-        let process = spans
-            .iter()
-            .find(|s| s.span_id == send.parent_span_id)
-            .expect("process span");
-        assert_eq!(process.parent_span_id, parent);
-        assert_eq!(process.attribute("messaging.system"), Some("rabbitmq"));
+        assert_outcome_continues_trace(&spans, &amqp_traceparent(d), outcome, "rabbitmq");
     }
     // The calls carried their attempt's context and the message's tracestate.
     for r in sink.requests() {
         let tp = r.headers["traceparent"].to_str().unwrap().to_owned();
-        assert!(tp.starts_with(&format!("00-{trace}-")), "{tp}");
+        assert!(tp.starts_with(&format!("00-{TRACE_ID}-")), "{tp}");
         assert!(
-            !tp.contains(parent),
+            !tp.contains(PARENT_SPAN_ID),
             "the function's parent is the attempt: {tp}"
         );
         assert_eq!(r.headers["tracestate"], "k=v");

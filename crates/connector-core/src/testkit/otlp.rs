@@ -174,3 +174,54 @@ impl OtlpReceiver {
         }
     }
 }
+
+/// The trace id the propagation tests put on their messages.
+pub const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+/// The span id (the publisher's) the propagation tests put on their messages.
+pub const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
+
+/// `traceparent` for a message in [`TRACE_ID`] under [`PARENT_SPAN_ID`], sampled.
+pub fn inbound_traceparent() -> String {
+    format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01")
+}
+
+/// A `traceparent` value as (trace id, span id); panics on anything but version 00.
+pub fn parse_traceparent(value: &str) -> (String, String) {
+    let parts: Vec<&str> = value.split('-').collect();
+    assert!(
+        parts.len() == 4 && parts[0] == "00",
+        "not a version-00 traceparent: {value}"
+    );
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+/// Asserts the chain of one outcome record whose `traceparent` is `traceparent`: it is a send
+/// span of the message's trace ([`TRACE_ID`]) for `outcome` (`response` or `error`) on broker
+/// `system`, whose parent is the message's process span, whose parent is the publisher's
+/// [`PARENT_SPAN_ID`].
+pub fn assert_outcome_continues_trace(
+    spans: &[ReceivedSpan],
+    traceparent: &str,
+    outcome: &str,
+    system: &str,
+) {
+    let (trace, span_id) = parse_traceparent(traceparent);
+    assert_eq!(
+        trace, TRACE_ID,
+        "the message's trace continues to its {outcome}"
+    );
+    let find = |id: &str| {
+        spans
+            .iter()
+            .find(|s| s.span_id == id)
+            .unwrap_or_else(|| panic!("no span {id} among {spans:#?}"))
+    };
+    let send = find(&span_id);
+    assert_eq!(send.kind, 4, "a producer span: {send:?}");
+    assert_eq!(send.attribute("keda_connector.outcome"), Some(outcome));
+    assert_eq!(send.attribute("messaging.system"), Some(system));
+    let process = find(&send.parent_span_id);
+    assert_eq!(process.kind, 5, "a consumer span: {process:?}");
+    assert_eq!(process.parent_span_id, PARENT_SPAN_ID);
+    assert_eq!(process.attribute("messaging.system"), Some(system));
+}
