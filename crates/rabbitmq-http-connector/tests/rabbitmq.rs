@@ -292,19 +292,14 @@ fn amqp_traceparent(d: &lapin::message::Delivery) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn amqp_trace_context_is_continued_into_the_outcomes() {
     use connector_core::testkit::otlp::{
-        OtlpReceiver, PARENT_SPAN_ID, TRACE_ID, assert_outcome_continues_trace, inbound_traceparent,
+        OtlpReceiver, PARENT_SPAN_ID, TRACE_ID, assert_outcome_continues_trace,
+        fail_bad_echo_the_rest, inbound_traceparent,
     };
     let ch = broker().await;
     let q = Queues::new(&ch).await;
     let receiver = OtlpReceiver::start().await;
     let sink = Sink::start().await;
-    sink.respond(|r| {
-        if r.body.starts_with(b"bad") {
-            Reply::status(500)
-        } else {
-            Reply::status(200).body(r.body.clone())
-        }
-    });
+    fail_bad_echo_the_rest(&sink);
     for body in ["good", "bad"] {
         let mut headers = BTreeMap::new();
         headers.insert(
@@ -330,12 +325,7 @@ async fn amqp_trace_context_is_continued_into_the_outcomes() {
     let responses = q.take(&q.response, 1, WAIT).await;
     let errors = q.take(&q.error, 1, WAIT).await;
     proc.stop().await;
-    let spans = receiver
-        .wait_for("process, POST and send spans of 2 messages", WAIT, |s| {
-            s.len() >= 6
-        })
-        .await;
-    assert_eq!(spans.len(), 6, "{spans:#?}");
+    let spans = receiver.wait_for_exactly(6, WAIT).await;
     for (d, outcome) in [(&responses[0], "response"), (&errors[0], "error")] {
         assert_outcome_continues_trace(&spans, &amqp_traceparent(d), outcome, "rabbitmq");
     }

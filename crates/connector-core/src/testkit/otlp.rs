@@ -149,6 +149,16 @@ impl OtlpReceiver {
         self.received.spans.lock().expect("spans").clone()
     }
 
+    /// Waits for `n` spans and requires no more than `n` (one process, one POST and one send
+    /// span a message, with no retries).
+    pub async fn wait_for_exactly(&self, n: usize, limit: Duration) -> Vec<ReceivedSpan> {
+        let spans = self
+            .wait_for(&format!("{n} spans"), limit, |s| s.len() >= n)
+            .await;
+        assert_eq!(spans.len(), n, "{spans:#?}");
+        spans
+    }
+
     /// Waits until `done` holds for the spans received, for at most `limit`; panics with what
     /// arrived otherwise.
     pub async fn wait_for(
@@ -224,4 +234,16 @@ pub fn assert_outcome_continues_trace(
     assert_eq!(process.kind, 5, "a consumer span: {process:?}");
     assert_eq!(process.parent_span_id, PARENT_SPAN_ID);
     assert_eq!(process.attribute("messaging.system"), Some(system));
+}
+
+/// The function of the propagation tests: 500 for a body starting with `bad` (an error
+/// document), else 200 echoing the body (a response).
+pub fn fail_bad_echo_the_rest(sink: &super::Sink) {
+    sink.respond(|r| {
+        if r.body.starts_with(b"bad") {
+            super::Reply::status(500)
+        } else {
+            super::Reply::status(200).body(r.body.clone())
+        }
+    });
 }
